@@ -1,0 +1,50 @@
+# deepfit: `make run` sets up .venv from the lock file and runs the pipeline; `make test` tests.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 5000
+# Stages call `python -m deepfit.stages...`; put the environment's python first on PATH.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup run test ui plots metrics lint format lock clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "deepfit needs Python 3.11 (set PYTHON=...)"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+run: setup  ## set up, then run the whole pipeline (cached stages are skipped)
+	dvc repro
+
+test: setup  ## set up, then run the whole test suite (slow end-to-end tests included)
+	python -m pytest
+
+ui: setup  ## MLflow UI on http://127.0.0.1:$(PORT) (loopback only)
+	mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+plots: setup  ## render every DVC plot to dvc_plots/index.html
+	dvc plots show
+
+metrics: setup
+	dvc metrics show
+
+lint: setup
+	ruff check . && ruff format --check .
+
+format: setup
+	ruff format . && ruff check --fix .
+
+lock:  ## re-resolve requirements.in into requirements.lock (needs the registry)
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
+	.lockenv/bin/python -m pip install --quiet -r requirements.in
+	.lockenv/bin/python -m pip freeze --exclude-editable > requirements.lock
+	rm -rf .lockenv
+
+clean:  ## remove pipeline outputs and the tracking store (keeps .venv)
+	rm -rf data/prepared models reports/metrics reports/plots reports/figures reports/summary.md \
+	  mlflow.db mlruns mlartifacts dvc_plots

@@ -1,0 +1,379 @@
+"""params.yaml: strict typed schema, loading, run resolution and one-line errors.
+
+Nothing here imports TensorFlow, Keras or MLflow, so a bad key is reported in well under a
+second, before any stage does work.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from deepfit.data.config import DatasetConfig, dataset_kind_and_task
+from deepfit.models import REGISTRY
+from deepfit.models.base import ArchConfig
+
+PARAMS_FILE = Path("params.yaml")
+RUN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+TOP_LEVEL_KEYS = ("seeds", "datasets", "train", "runs", "scorer", "mlflow")
+RUN_KEYS = ("model", "dataset", "train")
+
+OptimizerName = Literal["sgd", "adam", "adamw", "nadam", "rmsprop", "adagrad", "adamax"]
+_MOMENTUM_OPTIMIZERS = {"sgd", "rmsprop"}
+_BETA_OPTIMIZERS = {"adam", "adamw", "nadam", "adamax"}
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem; the message is one line naming the key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Seeds(_Strict):
+    split: int = Field(ge=0)
+    train: int = Field(ge=0)
+
+
+class OptimizerConfig(_Strict):
+    name: OptimizerName = "adam"
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    nesterov: bool = False
+    beta_1: float | None = Field(None, gt=0, lt=1)
+    weight_decay: float | None = Field(None, ge=0)
+    clipnorm: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _fits_optimizer(self) -> OptimizerConfig:
+        if self.momentum is not None and self.name not in _MOMENTUM_OPTIMIZERS:
+            raise ValueError(
+                f"momentum is used only by {', '.join(sorted(_MOMENTUM_OPTIMIZERS))}, "
+                f"not {self.name}"
+            )
+        if self.nesterov and (self.name != "sgd" or not self.momentum):
+            raise ValueError("nesterov needs name: sgd and momentum > 0")
+        if self.beta_1 is not None and self.name not in _BETA_OPTIMIZERS:
+            raise ValueError(
+                f"beta_1 is used only by {', '.join(sorted(_BETA_OPTIMIZERS))}, not {self.name}"
+            )
+        return self
+
+
+class EarlyStoppingConfig(_Strict):
+    enabled: bool = True
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(ge=1, le=10_000)
+    batch_size: int = Field(ge=1, le=65_536)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    sample_every: int = Field(10, ge=1)  # GAN: epochs between sample grids
+
+
+class ScorerConfig(_Strict):
+    """The fixed classifier whose features score GAN samples; own seed, so it never moves."""
+
+    dataset: str
+    epochs: int = Field(40, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class MlflowConfig(_Strict):
+    experiment: str = Field("deepfit", min_length=1)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: a model on a dataset with its architecture and resolved training settings."""
+
+    name: str
+    model: str
+    dataset: str
+    arch: ArchConfig
+    train: TrainConfig
+
+    def flat(self) -> dict[str, Any]:
+        """All resolved settings as flat dotted keys (what MLflow logs as params)."""
+        nested = {
+            "model": self.model,
+            "dataset": self.dataset,
+            "arch": self.arch.model_dump(),
+            "train": self.train.model_dump(),
+        }
+        return flatten(nested)
+
+
+@dataclass(frozen=True)
+class Params:
+    seeds: Seeds
+    datasets: dict[str, DatasetConfig]
+    train: TrainConfig
+    runs: dict[str, RunConfig]
+    scorer: ScorerConfig
+    mlflow: MlflowConfig
+
+    def run(self, name: str) -> RunConfig:
+        if name not in self.runs:
+            raise ConfigError(f"runs.{name}: no such run; declared runs: {', '.join(self.runs)}")
+        return self.runs[name]
+
+    def dataset(self, name: str) -> DatasetConfig:
+        if name not in self.datasets:
+            raise ConfigError(
+                f"datasets.{name}: no such dataset; declared datasets: {', '.join(self.datasets)}"
+            )
+        return self.datasets[name]
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats such as ``1e-3`` (PyYAML's 1.1 rules say str)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file safely; a missing or malformed file is a one-line ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and strictly validate params.yaml; raise ConfigError naming the first bad key."""
+    return parse_params(read_yaml(Path(path)), source=str(path))
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-parsed params mapping."""
+    try:
+        return _parse(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _parse(raw: Any) -> Params:
+    _expect_mapping(raw, "")
+    unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key; allowed keys: {', '.join(TOP_LEVEL_KEYS)}")
+    for key in ("seeds", "datasets", "train", "runs", "scorer"):
+        if key not in raw:
+            raise ConfigError(f"{key}: missing required section")
+
+    seeds = _validate(Seeds, raw["seeds"], "seeds")
+    datasets = _parse_datasets(raw["datasets"])
+    train = _validate(TrainConfig, raw["train"], "train")
+    runs = _parse_runs(raw["runs"], raw["train"], datasets)
+    scorer = _validate(ScorerConfig, raw["scorer"], "scorer")
+    if scorer.dataset not in datasets:
+        raise ConfigError(
+            f"scorer.dataset: {scorer.dataset!r} is not declared; declared: {', '.join(datasets)}"
+        )
+    mlflow = _validate(MlflowConfig, raw.get("mlflow") or {}, "mlflow")
+    return Params(seeds, datasets, train, runs, scorer, mlflow)
+
+
+def _parse_datasets(raw: Any) -> dict[str, DatasetConfig]:
+    _expect_mapping(raw, "datasets")
+    if not raw:
+        raise ConfigError("datasets: declare at least one dataset")
+    adapter: TypeAdapter[DatasetConfig] = TypeAdapter(DatasetConfig)
+    out = {}
+    for name, body in raw.items():
+        _check_name(name, "datasets")
+        _expect_mapping(body, f"datasets.{name}")
+        out[name] = _validate(adapter, body, f"datasets.{name}")
+    return out
+
+
+def _parse_runs(
+    raw: Any, train_raw: Mapping[str, Any], datasets: Mapping[str, DatasetConfig]
+) -> dict[str, RunConfig]:
+    _expect_mapping(raw, "runs")
+    if not raw:
+        raise ConfigError("runs: declare at least one run")
+    return {name: _parse_run(name, body, train_raw, datasets) for name, body in raw.items()}
+
+
+def _parse_run(
+    name: str, body: Any, train_raw: Mapping[str, Any], datasets: Mapping[str, DatasetConfig]
+) -> RunConfig:
+    where = f"runs.{name}"
+    _check_name(name, "runs")
+    _expect_mapping(body, where)
+    for key in ("model", "dataset"):
+        if key not in body:
+            raise ConfigError(f"{where}.{key}: missing required key")
+    model, dataset = body["model"], body["dataset"]
+    if model not in REGISTRY:
+        raise ConfigError(f"{where}.model: unknown model {model!r}; valid: {', '.join(REGISTRY)}")
+    if dataset not in datasets:
+        raise ConfigError(
+            f"{where}.dataset: {dataset!r} is not declared under datasets; "
+            f"declared: {', '.join(datasets)}"
+        )
+    spec = REGISTRY[model]
+    kind, task = dataset_kind_and_task(datasets[dataset])
+    if kind not in spec.input_kinds:
+        raise ConfigError(
+            f"{where}: model {model!r} needs {' or '.join(sorted(spec.input_kinds))} data, "
+            f"but dataset {dataset!r} is {kind} data"
+        )
+    if task not in spec.tasks:
+        raise ConfigError(f"{where}: model {model!r} cannot do {task} (dataset {dataset!r})")
+
+    overrides = body.get("train", {})
+    _expect_mapping(overrides, f"{where}.train")
+    train = _validate(TrainConfig, deep_merge(train_raw, overrides), f"{where}.train")
+    arch_raw = {k: v for k, v in body.items() if k not in RUN_KEYS}
+    arch = _validate(spec.config, arch_raw, where, extra_keys=RUN_KEYS)
+    return RunConfig(name=name, model=model, dataset=dataset, arch=arch, train=train)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``override`` applied key by key (nested mappings merge)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings to dotted keys; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _check_name(name: Any, section: str) -> None:
+    if not isinstance(name, str) or not RUN_NAME.match(name):
+        raise ConfigError(
+            f"{section}.{name}: names must be lower-case letters, digits and _, "
+            "starting with a letter (they become stage, folder and MLflow run names)"
+        )
+
+
+def _expect_mapping(value: Any, where: str) -> None:
+    if not isinstance(value, Mapping):
+        label = where or "params"
+        raise ConfigError(f"{label}: expected a mapping of keys, got {_describe(value)}")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
+
+
+def _validate(
+    schema: type[BaseModel] | TypeAdapter, value: Any, where: str, extra_keys: tuple = ()
+) -> Any:
+    try:
+        if isinstance(schema, TypeAdapter):
+            return schema.validate_python(value)
+        return schema.model_validate(value)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, where, schema, extra_keys)) from None
+
+
+def _format_error(exc: ValidationError, where: str, schema: Any, extra_keys: tuple = ()) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = [str(part) for part in first["loc"] if not _is_union_tag(part, schema)]
+    path = ".".join([where, *loc]) if where else ".".join(loc)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(schema, first["loc"][:-1])
+        if len(first["loc"]) == 1:
+            allowed = [*extra_keys, *allowed]
+        message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+    elif kind == "missing":
+        message = "missing required key"
+    elif kind in {"union_tag_invalid", "literal_error"}:
+        message = f"{first['msg']} (got {first.get('input')!r})"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if kind not in {"value_error", "assertion_error"} and "input" in first:
+            message += f" (got {first['input']!r})"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{path}: {message}{more}"
+
+
+def _is_union_tag(part: Any, schema: Any) -> bool:
+    # pydantic puts the discriminator value into error locations of tagged unions
+    # (datasets.digits.digits.key); users never wrote that level, so drop it.
+    return isinstance(schema, TypeAdapter) and isinstance(part, str) and part in _SOURCE_TAGS
+
+
+def _allowed_keys(schema: Any, loc: tuple[Any, ...]) -> list[str]:
+    model = schema if isinstance(schema, type) and issubclass(schema, BaseModel) else None
+    parts = list(loc)
+    if model is None and parts:
+        model = _SOURCE_TAGS.get(str(parts.pop(0)))
+    for part in parts:
+        if model is None:
+            return []
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _source_tags() -> dict[str, type[BaseModel]]:
+    from typing import get_args
+
+    union = get_args(DatasetConfig)[0]
+    tags = {}
+    for member in get_args(union):
+        source = member.model_fields["source"].annotation
+        for tag in get_args(source):
+            tags[tag] = member
+    return tags
+
+
+_SOURCE_TAGS: dict[str, type[BaseModel]] = _source_tags()

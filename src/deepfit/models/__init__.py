@@ -1,0 +1,41 @@
+"""Model registry: one module per architecture, discovered at import time without importing Keras.
+
+Each architecture module defines ``SPEC = ModelSpec(...)`` holding its typed config class and a
+builder. Keras is imported only inside builders, so validating params.yaml stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from deepfit.models.base import ModelSpec
+
+_NON_MODELS = {"base", "layers"}
+
+
+def _discover() -> dict[str, ModelSpec]:
+    found: dict[str, ModelSpec] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name in _NON_MODELS or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        spec = getattr(module, "SPEC", None)
+        if isinstance(spec, ModelSpec):
+            found[spec.name] = spec
+    return found
+
+
+REGISTRY: dict[str, ModelSpec] = _discover()
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Return the spec of a registered model, or fail naming the valid ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        valid = ", ".join(sorted(REGISTRY))
+        raise KeyError(f"unknown model {name!r}; valid models: {valid}") from None
+
+
+__all__ = ["REGISTRY", "ModelSpec", "get_spec"]

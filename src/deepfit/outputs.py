@@ -1,0 +1,69 @@
+"""Atomic outputs: a stage's files appear whole at their final path, or not at all.
+
+DVC caches whatever a stage leaves at its declared outputs, so a crash must never leave a
+half-written file there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``target``; on success it replaces ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Atomic JSON with sorted keys; refuses NaN/Inf so no broken number reaches DVC or MLflow."""
+    _check_finite(data, str(path))
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _check_finite(data: Any, where: str) -> None:
+    if isinstance(data, float) and not math.isfinite(data):
+        raise ValueError(f"{where}: refusing to write a non-finite number ({data})")
+    if isinstance(data, dict):
+        for value in data.values():
+            _check_finite(value, where)
+    elif isinstance(data, list | tuple):
+        for value in data:
+            _check_finite(value, where)

@@ -1,0 +1,119 @@
+"""The report: one markdown table over all runs and one figure comparing their learning curves."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from deepfit import figures
+from deepfit.config import Params
+from deepfit.evaluator import evaluation_kind, key_metric
+from deepfit.outputs import write_text
+
+log = logging.getLogger(__name__)
+
+
+def read_curves(curves_dir: Path) -> dict[str, list[float]]:
+    """Read ``<metric>.csv`` (epoch,train,val) files back into a Keras-style history dict."""
+    history: dict[str, list[float]] = {}
+    for path in sorted(curves_dir.glob("*.csv")):
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        history[path.stem] = [float(r["train"]) for r in rows]
+        history[f"val_{path.stem}"] = [float(r["val"]) for r in rows]
+    return history
+
+
+def summary_rows(params: Params, reports: Path) -> list[dict[str, Any]]:
+    """One row per declared run whose metrics exist: key metric beside its baseline."""
+    rows = []
+    for name, run in params.runs.items():
+        path = reports / "metrics" / f"{name}.json"
+        if not path.exists():
+            log.warning("%s: no metrics at %s; left out of the summary", name, path)
+            continue
+        metrics = json.loads(path.read_text())
+        kind = evaluation_kind(run, params.dataset(run.dataset))
+        key, value, baseline, better = key_metric(metrics, kind)
+        train = metrics.get("train", {})
+        rows.append(
+            {
+                "run": name,
+                "model": run.model,
+                "dataset": run.dataset,
+                "metric": key,
+                "value": value,
+                "baseline": baseline,
+                "baseline_name": _baseline_name(kind),
+                "better": better,
+                "epochs": train.get("epochs"),
+                "best_epoch": train.get("best_epoch"),
+                "params": train.get("params"),
+                "seconds": train.get("seconds"),
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = (
+        "| run | model | dataset | metric | value | baseline | vs baseline "
+        "| epochs (best) | parameters | train time |\n"
+        "|---|---|---|---|---:|---:|---|---:|---:|---:|\n"
+    )
+    lines = []
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['model']} | {r['dataset']} | {r['metric']} "
+            f"| {_num(r['value'])} | {_num(r['baseline'])} ({r['baseline_name']}) "
+            f"| {_verdict(r)} | {r['epochs']} ({r['best_epoch']}) | {r['params']:,} "
+            f"| {r['seconds']:.1f} s |"
+        )
+    return header + "\n".join(lines) + "\n"
+
+
+def write_report(params: Params, reports: Path = Path("reports")) -> Path:
+    """Write reports/summary.md and reports/figures/learning_curves.png."""
+    rows = summary_rows(params, reports)
+    histories = {
+        name: read_curves(reports / "plots" / name / "curves")
+        for name in (r["run"] for r in rows)
+    }
+    figure = figures.learning_curves_png(histories, reports / "figures" / "learning_curves.png")
+    text = (
+        "# deepfit summary\n\n"
+        "Each run's key test metric beside its baseline on the same split "
+        "(`reports/metrics/<run>.json` has every number).\n\n"
+        + markdown_table(rows)
+        + f"\n![learning curves of all runs]({figure.relative_to(reports)})\n"
+    )
+    return write_text(reports / "summary.md", text)
+
+
+def _baseline_name(kind: str) -> str:
+    return {
+        "classification": "SVM",
+        "forecast": "AR",
+        "regression": "constant",
+        "generative": "real vs real",
+    }[kind]
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    value, baseline = row["value"], row["baseline"]
+    if value is None or baseline is None:
+        return "n/a"
+    if row["better"] == "higher":
+        return "better" if value > baseline else "worse"
+    if row["metric"] == "test.fid":
+        return f"{value / baseline:.1f}× the floor" if baseline else "n/a"
+    return "better" if value < baseline else "worse"
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"

@@ -1,0 +1,1 @@
+"""Thin CLIs that dvc.yaml calls: parse arguments, validate params, call one library function."""

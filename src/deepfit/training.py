@@ -1,0 +1,280 @@
+"""Training: optimizer from params, compile, fit with callbacks, and the run's training outputs.
+
+``train_run`` is the one call the train stage makes. Keras and MLflow are imported inside
+functions so that importing this module (for example in tests of helpers) stays cheap.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deepfit.config import OptimizerConfig, Params, RunConfig, TrainConfig
+from deepfit.models import get_spec
+from deepfit.outputs import atomic_dir, write_json
+
+if TYPE_CHECKING:
+    import keras
+
+    from deepfit.data import Prepared
+    from deepfit.models.base import DataSpec
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+RUN_FILE = "run.json"
+HISTORY_FILE = "history.json"
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where one run's training writes: model folder, learning-curve data, figures."""
+
+    model_dir: Path
+    curves_dir: Path
+    figures_dir: Path
+
+    @classmethod
+    def for_run(cls, name: str, root: Path = Path()) -> TrainOutputs:
+        return cls(
+            model_dir=root / "models" / name,
+            curves_dir=root / "reports" / "plots" / name / "curves",
+            figures_dir=root / "reports" / "figures" / name / "training",
+        )
+
+
+def make_optimizer(cfg: OptimizerConfig, schedule: str, total_steps: int) -> keras.Optimizer:
+    """Build the Keras optimizer named in params (sgd with momentum 0 is plain gradient descent)."""
+    import keras
+
+    learning_rate: Any = cfg.learning_rate
+    if schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total_steps)
+    common: dict[str, Any] = {"learning_rate": learning_rate}
+    if cfg.weight_decay is not None:
+        common["weight_decay"] = cfg.weight_decay
+    if cfg.clipnorm is not None:
+        common["clipnorm"] = cfg.clipnorm
+    if cfg.name == "sgd":
+        return keras.optimizers.SGD(momentum=cfg.momentum or 0.0, nesterov=cfg.nesterov, **common)
+    if cfg.name == "rmsprop":
+        return keras.optimizers.RMSprop(momentum=cfg.momentum or 0.0, **common)
+    classes = {
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "nadam": keras.optimizers.Nadam,
+        "adamax": keras.optimizers.Adamax,
+        "adagrad": keras.optimizers.Adagrad,
+    }
+    if cfg.beta_1 is not None:
+        common["beta_1"] = cfg.beta_1
+    return classes[cfg.name](**common)
+
+
+def compile_model(
+    model: keras.Model, spec: DataSpec, cfg: TrainConfig, steps_per_epoch: int, generative: bool
+) -> None:
+    """Compile with the params' optimizer; loss and metrics follow the task."""
+    total = max(1, steps_per_epoch * cfg.epochs)
+    if generative:
+        model.compile(
+            d_optimizer=make_optimizer(cfg.optimizer, cfg.schedule, total),
+            g_optimizer=make_optimizer(cfg.optimizer, cfg.schedule, total),
+        )
+    elif spec.task == "classification":
+        model.compile(
+            optimizer=make_optimizer(cfg.optimizer, cfg.schedule, total),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+    else:
+        model.compile(
+            optimizer=make_optimizer(cfg.optimizer, cfg.schedule, total),
+            loss="mse",
+            metrics=["mae"],
+        )
+
+
+def standard_callbacks(cfg: TrainConfig, generative: bool) -> list[keras.callbacks.Callback]:
+    """Built-in callbacks: stop on NaN, keep the best validation epoch, LR schedule on plateau."""
+    import keras
+
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    if generative:
+        return callbacks  # a GAN's validation losses do not rank its samples; keep the last epoch
+    # Always restore the best validation epoch (the "best checkpoint", kept in memory and saved
+    # once); with early stopping off, patience beyond the epoch count means it never stops.
+    patience = cfg.early_stopping.patience if cfg.early_stopping.enabled else cfg.epochs + 1
+    callbacks.append(
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=patience,
+            min_delta=cfg.early_stopping.min_delta,
+            restore_best_weights=True,
+            verbose=1,
+        )
+    )
+    if cfg.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", verbose=1))
+    return callbacks
+
+
+def fit(
+    model: keras.Model,
+    data: Prepared,
+    cfg: TrainConfig,
+    callbacks: list[keras.callbacks.Callback],
+    generative: bool,
+) -> dict[str, list[float]]:
+    """Run ``model.fit`` with one progress line per epoch; return the per-epoch history."""
+    x_train, y_train = data.train
+    x_val, y_val = data.val
+    if generative:
+        history = model.fit(
+            x_train,
+            validation_data=(x_val,),
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            callbacks=callbacks,
+            verbose=2,
+        )
+    else:
+        history = model.fit(
+            x_train,
+            y_train,
+            validation_data=(x_val, y_val),
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            callbacks=callbacks,
+            verbose=2,
+        )
+    return {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+def curve_tables(history: dict[str, list[float]]) -> dict[str, str]:
+    """One CSV per metric with columns epoch,train,val so DVC overlays train and validation."""
+    tables = {}
+    for name, train_values in history.items():
+        if name.startswith("val_") or f"val_{name}" not in history:
+            continue
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["epoch", "train", "val"])
+        for epoch, (train, val) in enumerate(zip(train_values, history[f"val_{name}"], strict=True)):
+            writer.writerow([epoch + 1, repr(train), repr(val)])
+        tables[name] = buffer.getvalue()
+    return tables
+
+
+def best_epoch(history: dict[str, list[float]], generative: bool) -> int:
+    """1-based epoch whose weights are kept: lowest val_loss, or the last one for a GAN."""
+    val = history.get("val_loss")
+    if generative or not val:
+        return len(next(iter(history.values()), []))
+    return min(range(len(val)), key=val.__getitem__) + 1
+
+
+def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs) -> dict[str, Any]:
+    """Train one run end to end: build, fit, save model and curves, track everything in MLflow."""
+    import keras
+
+    from deepfit import figures, tracking
+    from deepfit.callbacks import EpochMetricsLogger, SampleGrid
+
+    spec = get_spec(run.model)
+    keras.utils.set_random_seed(params.seeds.train)
+    model = spec.build(run.arch, data.spec)
+    steps = -(-len(data.train[0]) // run.train.batch_size)
+    compile_model(model, data.spec, run.train, steps, spec.generative)
+
+    flat = {**run.flat(), "seeds.split": params.seeds.split, "seeds.train": params.seeds.train}
+    with (
+        tracking.start_run(run, params.mlflow.experiment, flat) as active,
+        atomic_dir(out.model_dir) as model_dir,
+        atomic_dir(out.figures_dir) as figures_dir,
+    ):
+        import mlflow
+
+        callbacks = [*standard_callbacks(run.train, spec.generative), EpochMetricsLogger()]
+        if spec.generative:
+            callbacks.append(_sample_grid(run, params, figures_dir))
+        started = time.perf_counter()
+        history = fit(model, data, run.train, callbacks, spec.generative)
+        seconds = time.perf_counter() - started
+        _check_finite(model, history)
+
+        model.save(model_dir / MODEL_FILE)
+        summary = {
+            "run": run.name,
+            "mlflow_run_id": active.info.run_id,
+            "mlflow_experiment_id": active.info.experiment_id,
+            "epochs": len(history.get("loss", next(iter(history.values())))),
+            "best_epoch": best_epoch(history, spec.generative),
+            "params": int(model.count_params()),
+            "seconds": round(seconds, 3),
+            "seconds_per_epoch": round(seconds / max(1, len(next(iter(history.values())))), 4),
+        }
+        write_json(model_dir / HISTORY_FILE, history)
+        write_json(model_dir / RUN_FILE, summary)
+        figures.run_curves_png(history, figures_dir / "learning_curves.png", title=run.name)
+        with atomic_dir(out.curves_dir) as curves_dir:
+            for metric, table in curve_tables(history).items():
+                (curves_dir / f"{metric}.csv").write_text(table)
+
+        mlflow.log_metrics(
+            {
+                "best_epoch": summary["best_epoch"],
+                "epochs_run": summary["epochs"],
+                "train_seconds": summary["seconds"],
+                "n_params": summary["params"],
+            }
+        )
+        mlflow.log_artifacts(str(figures_dir), artifact_path="figures/training")
+        _log_model(spec.generative, model)
+    log.info("%s: %d epochs in %.1fs, best epoch %d", run.name, summary["epochs"], seconds,
+             summary["best_epoch"])
+    return summary
+
+
+def _sample_grid(run: RunConfig, params: Params, figures_dir: Path) -> keras.callbacks.Callback:
+    import mlflow
+
+    from deepfit import figures
+    from deepfit.callbacks import SampleGrid
+
+    def render(model: keras.Model, epoch: int) -> Path:
+        images = model.sample(64, seed=params.seeds.train)
+        path = figures_dir / f"samples_epoch_{epoch:04d}.png"
+        return figures.image_grid_png(images, path, title=f"{run.name}: epoch {epoch}", ncols=8)
+
+    def log_image(path: Path) -> None:
+        mlflow.log_artifact(str(path), artifact_path="figures/samples")
+
+    return SampleGrid(run.train.sample_every, render, log_image)
+
+
+def _check_finite(model: keras.Model, history: dict[str, list[float]]) -> None:
+    import numpy as np
+
+    bad = [k for k, values in history.items() if values and not np.isfinite(values[-1])]
+    if bad or not all(np.isfinite(w).all() for w in model.get_weights()):
+        raise FloatingPointError(
+            f"training diverged: non-finite {', '.join(bad) or 'weights'}; "
+            "lower train.optimizer.learning_rate or add clipnorm"
+        )
+
+
+def _log_model(generative: bool, model: keras.Model) -> None:
+    """Log the model to MLflow (for a GAN, its generator: noise in, images out)."""
+    import mlflow
+    from importlib import metadata
+
+    pip = [f"{name}=={metadata.version(name)}" for name in ("keras", "tensorflow-cpu")]
+    target = model.generator if generative else model
+    # Explicit requirements: MLflow's inference would reload the model in a subprocess.
+    mlflow.keras.log_model(target, name="model", pip_requirements=pip)
