@@ -40,7 +40,9 @@ def test_real_params_validate_and_resolve_defaults():
 
 
 def test_yaml_1_2_floats(tmp_path, raw):
-    text = (ROOT / "params.yaml").read_text().replace("learning_rate: 1.0e-3", "learning_rate: 1e-3")
+    text = (
+        (ROOT / "params.yaml").read_text().replace("learning_rate: 1.0e-3", "learning_rate: 1e-3")
+    )
     assert "learning_rate: 1e-3" in text
     path = tmp_path / "params.yaml"
     path.write_text(text)
@@ -104,12 +106,22 @@ def test_optimizer_options_must_fit_the_optimizer(raw):
     raw["train"]["optimizer"]["momentum"] = 0.9  # shared default optimizer is adam
     assert "momentum is used only by rmsprop, sgd" in error_of(raw)
     raw["train"]["optimizer"]["name"] = "sgd"
-    assert parse_params(raw).train.optimizer.momentum == 0.9
+    params = parse_params(raw)
+    assert params.train.optimizer.momentum == 0.9
+    # a run naming another optimizer starts it afresh instead of inheriting sgd's momentum
+    gan_optimizer = params.run("gan").train.optimizer
+    assert (gan_optimizer.name, gan_optimizer.momentum, gan_optimizer.beta_1) == ("adam", None, 0.5)
+
+
+def test_run_override_of_same_optimizer_merges(raw):
+    raw["runs"]["cnn"]["train"] = {"optimizer": {"learning_rate": 0.01}}
+    optimizer = parse_params(raw).run("cnn").train.optimizer
+    assert (optimizer.name, optimizer.learning_rate) == ("adam", 0.01)
 
 
 def test_run_override_error_names_the_run(raw):
-    raw["runs"]["gan"]["train"]["optimizer"]["name"] = "sgd"  # beta_1 only fits adam-likes
-    assert error_of(raw).startswith("params.yaml: runs.gan.train.optimizer: beta_1 is used only")
+    raw["runs"]["gan"]["train"]["optimizer"]["momentum"] = 0.9  # momentum does not fit adam
+    assert error_of(raw).startswith("params.yaml: runs.gan.train.optimizer: momentum is used only")
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path):

@@ -1,4 +1,4 @@
-"""deepfit: a declarative deep-learning experiment pipeline (params.yaml -> DVC -> Keras -> MLflow)."""
+"""deepfit: declarative deep-learning experiments (params.yaml -> DVC -> Keras 3 -> MLflow)."""
 
 import os
 

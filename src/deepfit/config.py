@@ -166,7 +166,7 @@ def read_yaml(path: Path) -> Any:
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -260,13 +260,31 @@ def _parse_run(
 
     overrides = body.get("train", {})
     _expect_mapping(overrides, f"{where}.train")
-    train = _validate(TrainConfig, deep_merge(train_raw, overrides), f"{where}.train")
+    train = _validate(TrainConfig, merge_train(train_raw, overrides), f"{where}.train")
     arch_raw = {k: v for k, v in body.items() if k not in RUN_KEYS}
     arch = _validate(spec.config, arch_raw, where, extra_keys=RUN_KEYS)
     return RunConfig(name=name, model=model, dataset=dataset, arch=arch, train=train)
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def merge_train(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's training settings: shared defaults with the run's keys applied.
+
+    Naming a different optimizer starts that optimizer afresh: options of the default one
+    (momentum of sgd, beta_1 of adam) would not fit it.
+    """
+    merged = deep_merge(defaults, overrides)
+    default_opt = defaults.get("optimizer")
+    own_opt = overrides.get("optimizer")
+    if (
+        isinstance(default_opt, Mapping)
+        and isinstance(own_opt, Mapping)
+        and own_opt.get("name", default_opt.get("name")) != default_opt.get("name")
+    ):
+        merged["optimizer"] = dict(own_opt)
+    return merged
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -360,7 +378,11 @@ def _allowed_keys(schema: Any, loc: tuple[Any, ...]) -> list[str]:
             return []
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
     return list(model.model_fields) if model is not None else []
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from deepfit import evaluation, figures
 from deepfit.config import Params, RunConfig, flatten
 from deepfit.data.config import DatasetConfig, dataset_kind_and_task
-from deepfit.models import get_spec
+from deepfit.models import get_spec, load_model
 from deepfit.outputs import atomic_dir, write_json
 from deepfit.training import MODEL_FILE, RUN_FILE
 
@@ -72,12 +72,10 @@ def evaluate_run(
     scorer_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``run`` on the test split; write metrics, plot data, figures; log to MLflow."""
-    import keras
-
     from deepfit import tracking
 
     summary = json.loads((model_dir / RUN_FILE).read_text())
-    model = keras.saving.load_model(model_dir / MODEL_FILE, safe_mode=True)
+    model = load_model(model_dir / MODEL_FILE, run.model)
     kind = evaluation_kind(run, params.dataset(run.dataset))
     with (
         atomic_dir(out.plots_dir) as plots_dir,
@@ -86,7 +84,9 @@ def evaluate_run(
         if kind == "generative":
             if scorer_dir is None:
                 raise ValueError("a generative run needs the scorer model (models/_scorer)")
-            test, baseline = _generative(run, params, model, data, scorer_dir, plots_dir, figures_dir)
+            test, baseline = _generative(
+                run, params, model, data, scorer_dir, plots_dir, figures_dir
+            )
         elif kind == "classification":
             test, baseline = _classification(run, params, model, data, plots_dir, figures_dir)
         elif kind == "forecast":
@@ -121,9 +121,7 @@ def _classification(run, params, model, data, plots_dir, figures_dir):
     _write_csv(
         plots_dir / "confusion.csv",
         ["actual", "predicted"],
-        zip(
-            [names[i] for i in y_test], [names[i] for i in np.argmax(proba, axis=1)], strict=True
-        ),
+        zip([names[i] for i in y_test], [names[i] for i in np.argmax(proba, axis=1)], strict=True),
     )
     figures.confusion_matrix_png(cm, names, figures_dir / "confusion.png", title=run.name)
     baseline = evaluation.classification_baselines(*data.train, x_test, y_test, params.seeds.split)
@@ -204,7 +202,11 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 
 
 def _numbers(flat: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in flat.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in flat.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 def key_metric(metrics: dict[str, Any], kind: str) -> tuple[str, float | None, float | None, str]:
@@ -212,4 +214,3 @@ def key_metric(metrics: dict[str, Any], kind: str) -> tuple[str, float | None, f
     key, base, direction = KEY_METRICS[kind]
     flat = flatten(metrics)
     return key, flat.get(key), flat.get(base), direction
-

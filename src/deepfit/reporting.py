@@ -79,8 +79,7 @@ def write_report(params: Params, reports: Path = Path("reports")) -> Path:
     """Write reports/summary.md and reports/figures/learning_curves.png."""
     rows = summary_rows(params, reports)
     histories = {
-        name: read_curves(reports / "plots" / name / "curves")
-        for name in (r["run"] for r in rows)
+        name: read_curves(reports / "plots" / name / "curves") for name in (r["run"] for r in rows)
     }
     figure = figures.learning_curves_png(histories, reports / "figures" / "learning_curves.png")
     text = (

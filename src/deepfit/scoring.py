@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepfit.config import ScorerConfig
-from deepfit.models import get_spec
+from deepfit.models import get_spec, load_model
 from deepfit.outputs import atomic_dir, write_json
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class Scorer:
     def __init__(self, model_dir: Path) -> None:
         import keras
 
-        self.model: keras.Model = keras.saving.load_model(model_dir / MODEL_FILE, safe_mode=True)
+        self.model: keras.Model = load_model(model_dir / MODEL_FILE, "cnn")
         self.features_model = keras.Model(self.model.inputs, self.model.layers[-1].input)
 
     def features(self, images: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ MLflow is imported inside functions: stages validate params before paying for th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -106,10 +107,8 @@ def _connect(experiment: str) -> Any:
         # Pin artifacts to the repo root: MLflow's default is relative to the working directory,
         # which for a queued DVC experiment is a copy that DVC deletes afterwards.
         location = (repo_root() / "mlartifacts").as_uri()
-        try:
+        with contextlib.suppress(MlflowException):  # created meanwhile by a parallel stage
             mlflow.create_experiment(experiment, artifact_location=location)
-        except MlflowException:
-            pass  # created meanwhile by a parallel stage
     return mlflow.set_experiment(experiment)
 
 

@@ -165,7 +165,9 @@ def curve_tables(history: dict[str, list[float]]) -> dict[str, str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["epoch", "train", "val"])
-        for epoch, (train, val) in enumerate(zip(train_values, history[f"val_{name}"], strict=True)):
+        for epoch, (train, val) in enumerate(
+            zip(train_values, history[f"val_{name}"], strict=True)
+        ):
             writer.writerow([epoch + 1, repr(train), repr(val)])
         tables[name] = buffer.getvalue()
     return tables
@@ -184,7 +186,7 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
     import keras
 
     from deepfit import figures, tracking
-    from deepfit.callbacks import EpochMetricsLogger, SampleGrid
+    from deepfit.callbacks import EpochMetricsLogger
 
     spec = get_spec(run.model)
     keras.utils.set_random_seed(params.seeds.train)
@@ -236,8 +238,13 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
         )
         mlflow.log_artifacts(str(figures_dir), artifact_path="figures/training")
         _log_model(spec.generative, model)
-    log.info("%s: %d epochs in %.1fs, best epoch %d", run.name, summary["epochs"], seconds,
-             summary["best_epoch"])
+    log.info(
+        "%s: %d epochs in %.1fs, best epoch %d",
+        run.name,
+        summary["epochs"],
+        seconds,
+        summary["best_epoch"],
+    )
     return summary
 
 
@@ -271,8 +278,9 @@ def _check_finite(model: keras.Model, history: dict[str, list[float]]) -> None:
 
 def _log_model(generative: bool, model: keras.Model) -> None:
     """Log the model to MLflow (for a GAN, its generator: noise in, images out)."""
-    import mlflow
     from importlib import metadata
+
+    import mlflow
 
     pip = [f"{name}=={metadata.version(name)}" for name in ("keras", "tensorflow-cpu")]
     target = model.generator if generative else model

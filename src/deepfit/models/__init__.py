@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deepfit.models.base import ModelSpec
+
+if TYPE_CHECKING:
+    import keras
 
 _NON_MODELS = {"base", "layers"}
 
@@ -38,4 +43,13 @@ def get_spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; valid models: {valid}") from None
 
 
-__all__ = ["REGISTRY", "ModelSpec", "get_spec"]
+def load_model(path: Path, name: str) -> keras.Model:
+    """Load a saved ``.keras`` model of architecture ``name`` (safe mode: no code in the file)."""
+    import keras
+
+    factory = get_spec(name).extra.get("custom_objects")
+    custom = factory() if factory else None
+    return keras.saving.load_model(path, custom_objects=custom, safe_mode=True)
+
+
+__all__ = ["REGISTRY", "ModelSpec", "get_spec", "load_model"]

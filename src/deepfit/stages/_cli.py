@@ -17,15 +17,18 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, Floating
 
 def parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
     return parser
 
 
 @contextmanager
 def stage(name: str) -> Iterator[logging.Logger]:
     """Configure logging for a stage process; report user errors in one line and exit 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     logger = logging.getLogger(f"deepfit.{name}")
     try:
         yield logger

@@ -23,8 +23,12 @@ def main(argv: list[str] | None = None) -> int:
         from deepfit.training import TrainOutputs, train_run
 
         summary = train_run(run, params, data, TrainOutputs.for_run(run.name))
-        log.info("%s: model saved to models/%s (MLflow run %s)", run.name, run.name,
-                 summary["mlflow_run_id"])
+        log.info(
+            "%s: model saved to models/%s (MLflow run %s)",
+            run.name,
+            run.name,
+            summary["mlflow_run_id"],
+        )
     return 0
 
 

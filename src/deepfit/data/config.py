@@ -1,0 +1,143 @@
+"""Strict dataset configs (params.yaml `datasets:`), one model per source, no heavy imports."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from deepfit.models.base import InputKind, Task
+
+Fraction = Annotated[float, Field(gt=0.0, lt=0.5)]
+Count = Annotated[int, Field(ge=1)]
+KerasName = Literal["mnist", "fashion_mnist", "cifar10"]
+
+# val + test must leave a real training set.
+MAX_HELD_OUT = 0.8
+
+
+class _Dataset(BaseModel):
+    # strict like the architecture configs: "10" is not silently read as 10.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        raise NotImplementedError
+
+
+class _Fractions(_Dataset):
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.2
+
+    @model_validator(mode="after")
+    def _leave_training_data(self) -> _Fractions:
+        total = self.val_fraction + self.test_fraction
+        if total >= MAX_HELD_OUT:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < {MAX_HELD_OUT}, got {total:g}"
+            )
+        return self
+
+
+class _UserFile(_Fractions):
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _inside_raw(cls, value: str) -> str:
+        problem = raw_path_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class DigitsConfig(_Fractions):
+    """scikit-learn's bundled 8x8 digits, stratified split, pixels scaled by the train max."""
+
+    source: Literal["digits"]
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        return "image", "classification"
+
+
+class SunspotsConfig(_Dataset):
+    """Yearly sunspot numbers; forecast next year from `window` past years; last years are test."""
+
+    source: Literal["sunspots"]
+    window: Count = 12
+    val_size: Count = 30
+    test_size: Count = 40
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        return "sequence", "regression"
+
+
+class AddingConfig(_Dataset):
+    """The adding problem (Hochreiter & Schmidhuber 1997), generated from the split seed."""
+
+    source: Literal["adding"]
+    length: Annotated[int, Field(ge=2)] = 50
+    train_size: Count = 10000
+    val_size: Count = 1000
+    test_size: Count = 2000
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        return "sequence", "regression"
+
+
+class CsvConfig(_UserFile):
+    """A CSV under data/raw/: `target` column is predicted from all other numeric columns."""
+
+    source: Literal["csv"]
+    target: Annotated[str, Field(min_length=1)]
+    task: Task
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        return "vector", self.task
+
+
+class NpzConfig(_UserFile):
+    """An NPZ under data/raw/ with arrays `x` and `y`; `kind` says how to read the shape of x."""
+
+    source: Literal["npz"]
+    task: Task
+    kind: InputKind
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        return self.kind, self.task
+
+
+class KerasConfig(_Dataset):
+    """A keras.datasets image set; needs the Keras cache or a network connection."""
+
+    source: Literal["keras"]
+    name: KerasName
+    val_fraction: Fraction = 0.1
+    # Caps the samples drawn from Keras' training set (before val is split off); test stays whole.
+    limit: Annotated[int, Field(ge=2)] | None = None
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        return "image", "classification"
+
+
+DatasetConfig = Annotated[
+    DigitsConfig | SunspotsConfig | AddingConfig | CsvConfig | NpzConfig | KerasConfig,
+    Field(discriminator="source"),
+]
+
+
+def dataset_kind_and_task(cfg: DatasetConfig) -> tuple[InputKind, Task]:
+    """Input kind and task of a dataset, known from its config alone (no data is loaded)."""
+    return cfg.kind_and_task()
+
+
+def raw_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file inside data/raw/, or None when it can."""
+    parts = PurePosixPath(path.replace("\\", "/"))
+    if not path.strip():
+        return "must name a file under data/raw/"
+    if parts.is_absolute() or (len(path) > 1 and path[1] == ":"):
+        return f"must be relative to data/raw/, got absolute path {path!r}"
+    if ".." in parts.parts:
+        return f"must stay inside data/raw/ ('..' is not allowed), got {path!r}"
+    return None

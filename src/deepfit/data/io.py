@@ -1,0 +1,115 @@
+"""Prepared-data files: byte-stable npz, sha256 manifest, atomic directory swap, verified load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepfit.data.errors import DataError
+from deepfit.models.base import DataSpec
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+# np.savez stamps each member with the current time; a fixed stamp keeps files byte-identical.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A verified prepared dataset: (x, y) per split, extra arrays per split, manifest, spec."""
+
+    train: Arrays
+    val: Arrays
+    test: Arrays
+    extras: dict[str, dict[str, np.ndarray]]
+    manifest: dict[str, Any]
+    spec: DataSpec
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write an uncompressed .npz that np.load reads and that is identical for identical arrays."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
+            # force_zip64 as np.savez does: the size is unknown until the array is written.
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(arrays[key]), allow_pickle=False)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def array_info(array: np.ndarray) -> dict[str, Any]:
+    """Shape and dtype of an array, as the manifest records them."""
+    return {"shape": list(array.shape), "dtype": str(array.dtype)}
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of a prepared dataset, or a DataError naming the file."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the prepare stage for this dataset")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); rerun the prepare stage") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(f"{path}: unknown manifest format; rerun the prepare stage")
+    return manifest
+
+
+def load_prepared(directory: Path) -> Prepared:
+    """Load data/prepared/<dataset>/, checking every file's sha256 against the manifest."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    try:
+        arrays = {split: _load_split(directory, manifest["splits"][split]) for split in SPLITS}
+        spec = DataSpec(
+            input_shape=tuple(int(d) for d in manifest["input_shape"]),
+            kind=manifest["kind"],
+            task=manifest["task"],
+            n_outputs=int(manifest["n_outputs"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise DataError(
+            f"{directory / MANIFEST}: malformed manifest (missing {exc}); rerun the prepare stage"
+        ) from exc
+    pairs = {split: (data.pop("x"), data.pop("y")) for split, data in arrays.items()}
+    return Prepared(
+        train=pairs["train"],
+        val=pairs["val"],
+        test=pairs["test"],
+        extras=arrays,
+        manifest=manifest,
+        spec=spec,
+    )
+
+
+def _load_split(directory: Path, info: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    path = directory / info["file"]
+    if not path.is_file():
+        raise DataError(f"{path}: missing (listed in {MANIFEST}); rerun the prepare stage")
+    if sha256_file(path) != info["sha256"]:
+        raise DataError(
+            f"{path}: sha256 does not match {MANIFEST} (stale or corrupted data); "
+            "rerun the prepare stage"
+        )
+    with np.load(path, allow_pickle=False) as archive:
+        data = {key: archive[key] for key in archive.files}
+    for key in ("x", "y"):
+        if key not in data:
+            raise DataError(f"{path}: no array {key!r}; rerun the prepare stage")
+    return data

@@ -1,0 +1,248 @@
+"""Raw data sources: bundled sets, the adding-problem generator, user files and keras.datasets.
+
+Each loader returns plain arrays; splitting and scaling happen in ``prepare``. Heavy libraries
+(scikit-learn, statsmodels, Keras) are imported inside the loader that needs them.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import urllib.error
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepfit.data.config import raw_path_problem
+from deepfit.data.errors import DataError
+
+log = logging.getLogger(__name__)
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+KERAS_CLASSES = {
+    "mnist": [str(d) for d in range(10)],
+    "fashion_mnist": FASHION_MNIST_CLASSES,
+    "cifar10": CIFAR10_CLASSES,
+}
+
+
+# --- bundled ---------------------------------------------------------------------------------
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 8x8 digits: images (n, 8, 8, 1) with raw values 0..16, labels int64."""
+    from sklearn import datasets
+
+    bunch = datasets.load_digits()
+    return bunch.images[..., None].astype(np.float32), bunch.target.astype(np.int64)
+
+
+def load_sunspots() -> tuple[np.ndarray, np.ndarray]:
+    """statsmodels' yearly sunspot numbers 1700-2008: (years int64, values float64)."""
+    from statsmodels.datasets import sunspots
+
+    frame = sunspots.load_pandas().data
+    return frame["YEAR"].to_numpy().astype(np.int64), frame["SUNACTIVITY"].to_numpy(np.float64)
+
+
+def adding_problem(length: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` adding-problem sequences: x (n, length, 2) float32, y (n, 1) float32.
+
+    Channel 0 holds U(0, 1) values, channel 1 marks exactly two of them, one in each half of
+    the sequence (the classic formulation); the target is the sum of the two marked values.
+    """
+    half = length // 2
+    values = rng.random((n, length)).astype(np.float32)
+    rows = np.arange(n)
+    first = rng.integers(0, half, size=n)
+    second = rng.integers(half, length, size=n)
+    markers = np.zeros((n, length), dtype=np.float32)
+    markers[rows, first] = 1.0
+    markers[rows, second] = 1.0
+    target = values[rows, first] + values[rows, second]
+    return np.stack([values, markers], axis=-1), target[:, None].astype(np.float32)
+
+
+# --- user files ------------------------------------------------------------------------------
+
+
+def resolve_raw(path: str, raw_dir: Path, key: str = "path") -> Path:
+    """The existing file ``raw_dir/path``; a DataError naming ``key`` or the file otherwise."""
+    problem = raw_path_problem(path)
+    if problem:
+        raise DataError(f"{key}: {problem}")
+    file = Path(raw_dir) / path
+    if not file.is_file():
+        raise DataError(f"{key}: file {file} not found (user files live under {raw_dir}/)")
+    return file
+
+
+def read_csv(
+    file: Path, target: str, key: str = "target"
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Numeric feature matrix (n, f) float64, its column names, and the raw target cells.
+
+    Text columns other than the target are dropped (logged); a column mixing numbers and text,
+    an empty cell or NaN/Inf in a used column is an error naming the file.
+    """
+    header, rows = _csv_rows(file)
+    if target not in header:
+        raise DataError(f"{key}: no column {target!r} in {file}; columns: {', '.join(header)}")
+    columns = {name: [row[i] for row in rows] for i, name in enumerate(header)}
+    labels = [cell.strip() for cell in columns.pop(target)]
+    if any(not cell for cell in labels):
+        raise DataError(f"{file}: empty cell in target column {target!r}")
+    numeric = {name: numeric_column(file, name, cells) for name, cells in columns.items()}
+    dropped = [name for name, values in numeric.items() if values is None]
+    if dropped:
+        log.warning("%s: ignoring text columns %s", file, ", ".join(dropped))
+    names = [name for name, values in numeric.items() if values is not None]
+    if not names:
+        raise DataError(f"{file}: no numeric feature columns besides target {target!r}")
+    features = np.column_stack([numeric[name] for name in names])
+    check_finite(features, str(file))
+    return features, names, labels
+
+
+def _csv_rows(file: Path) -> tuple[list[str], list[list[str]]]:
+    with open(file, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = [name.strip() for name in next(reader, [])]
+        rows = [row for row in reader if any(cell.strip() for cell in row)]
+    if not header:
+        raise DataError(f"{file}: empty file (expected a header row)")
+    if len(set(header)) != len(header):
+        raise DataError(f"{file}: duplicate column names in the header")
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise DataError(
+                f"{file}: data row {number} has {len(row)} fields, the header {len(header)}"
+            )
+    if not rows:
+        raise DataError(f"{file}: no data rows")
+    return header, rows
+
+
+def numeric_column(file: Path, name: str, cells: list[str]) -> np.ndarray | None:
+    """Column values as floats; None for a text column (no cell is a number)."""
+    parsed = [float_or_none(cell) for cell in cells]
+    if all(value is None for value in parsed):
+        return None
+    for number, (cell, value) in enumerate(zip(cells, parsed, strict=True), start=2):
+        if value is None:
+            what = "an empty cell" if not cell.strip() else f"text {cell.strip()!r}"
+            raise DataError(f"{file}: numeric column {name!r} has {what} in data row {number}")
+    return np.asarray(parsed, dtype=np.float64)
+
+
+def float_or_none(cell: str) -> float | None:
+    """The cell as a float, or None when it is not a number."""
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def read_npz(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays ``x`` and ``y`` of a user .npz (no pickles), or a DataError naming the file."""
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            names = list(archive.files)
+            arrays = {key: archive[key] for key in ("x", "y") if key in names}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{file}: not a readable .npz of plain arrays ({one_line(exc)})") from exc
+    if len(arrays) < 2:
+        raise DataError(f"{file}: needs arrays 'x' and 'y'; found: {', '.join(names) or 'none'}")
+    return arrays["x"], arrays["y"]
+
+
+def shape_for_kind(x: np.ndarray, kind: str, file: Path) -> np.ndarray:
+    """``x`` as float32 in the layout of ``kind``, adding a channel/feature axis where implied."""
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{file}: x must be numeric, got dtype {x.dtype}")
+    allowed = {"image": (3, 4), "sequence": (2, 3), "vector": (2,)}[kind]
+    if x.ndim not in allowed:
+        layout = {"image": "(n, H, W[, C])", "sequence": "(n, T[, F])", "vector": "(n, F)"}[kind]
+        raise DataError(f"{file}: kind {kind!r} needs x shaped {layout}, got {x.shape}")
+    x = x.astype(np.float32)
+    # the short form (no channel/feature axis) means a single channel/feature.
+    return x[..., None] if x.ndim == allowed[0] and kind != "vector" else x
+
+
+def targets_for_task(y: np.ndarray, task: str, file: Path) -> np.ndarray:
+    """Classification: labels (n,); regression: float targets (n, k)."""
+    if task == "classification":
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise DataError(f"{file}: classification needs y shaped (n,) labels, got {y.shape}")
+        return y
+    if not np.issubdtype(y.dtype, np.number) or y.ndim not in (1, 2):
+        raise DataError(f"{file}: regression needs numeric y shaped (n,) or (n, k), {describe(y)}")
+    return (y[:, None] if y.ndim == 1 else y).astype(np.float64)
+
+
+# --- keras.datasets --------------------------------------------------------------------------
+
+
+def load_keras(
+    name: str, key: str = "name"
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``keras.datasets.<name>.load_data()``; fails in one line when offline and not cached."""
+    import keras  # only this source needs TensorFlow
+
+    try:
+        return getattr(keras.datasets, name).load_data()
+    except Exception as exc:  # Keras wraps download failures in a bare Exception
+        if _is_download_failure(exc):
+            raise DataError(
+                f"{key}: keras dataset {name!r} is not in the Keras cache ({keras_cache_dir()}) "
+                f"(or the cached copy failed Keras' hash check) and the machine is offline "
+                f"({one_line(exc)})"
+            ) from exc
+        raise DataError(
+            f"{key}: keras dataset {name!r} could not be read from the Keras cache "
+            f"({keras_cache_dir()}): {one_line(exc)}"
+        ) from exc
+
+
+def _is_download_failure(exc: BaseException) -> bool:
+    # keras.utils.get_file re-raises URLError/HTTPError as Exception("URL fetch failure on ...")
+    network = urllib.error.URLError | ConnectionError | TimeoutError
+    return isinstance(exc, network) or str(exc).startswith("URL fetch failure")
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded datasets: $KERAS_HOME/datasets or ~/.keras/datasets."""
+    home = os.environ.get("KERAS_HOME") or Path.home() / ".keras"
+    return Path(home) / "datasets"
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+
+def check_finite(array: np.ndarray, where: str) -> None:
+    """DataError naming ``where`` when a float array holds NaN or Inf."""
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        raise DataError(f"{where}: contains {bad} NaN or infinite value(s)")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception message squeezed onto one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def describe(array: Any) -> str:
+    """Short shape/dtype text for error messages."""
+    return f"shape {tuple(np.shape(array))}, dtype {np.asarray(array).dtype}"

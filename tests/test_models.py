@@ -1,0 +1,233 @@
+"""Every registered architecture: config checks, build, one epoch, .keras round trip, seeding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import typing
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from deepfit.models import REGISTRY
+from deepfit.models.base import Activation, DataSpec, ModelSpec
+
+SHAPES = {"image": (8, 8, 1), "sequence": (6, 2), "vector": (5,)}
+N_OUTPUTS = {"classification": 3, "regression": 2}
+N_SAMPLES = 32
+
+
+def data_spec(kind: str, task: str) -> DataSpec:
+    return DataSpec(SHAPES[kind], kind, task, N_OUTPUTS[task])  # type: ignore[arg-type]
+
+
+def synthetic(spec: DataSpec, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs in [0, 1) (as prepared images are) and targets matching the task."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((N_SAMPLES, *spec.input_shape), dtype=np.float32)
+    if spec.task == "classification":
+        return x, rng.integers(0, spec.n_outputs, N_SAMPLES)
+    return x, rng.normal(size=(N_SAMPLES, spec.n_outputs)).astype(np.float32)
+
+
+def all_cases() -> list[tuple[str, str, str]]:
+    return [
+        (name, kind, task)
+        for name, spec in REGISTRY.items()
+        for kind in sorted(spec.input_kinds)
+        for task in sorted(spec.tasks)
+    ]
+
+
+def train_cases() -> list[tuple[str, str, str]]:
+    """Every (model, input kind) once; images classify, other kinds regress, to cover both."""
+    return [
+        (name, kind, "classification" if kind == "image" else "regression")
+        for name, spec in REGISTRY.items()
+        for kind in sorted(spec.input_kinds)
+    ]
+
+
+def build(name: str, spec: DataSpec, seed: int = 0, **config: object) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model_spec = REGISTRY[name]
+    return model_spec.build(model_spec.config(**config), spec)
+
+
+def compile_for(model: keras.Model, model_spec: ModelSpec, spec: DataSpec) -> None:
+    if model_spec.generative:
+        model.compile(d_optimizer=keras.optimizers.Adam(), g_optimizer=keras.optimizers.Adam())
+    elif spec.task == "classification":
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    else:
+        model.compile(optimizer="adam", loss="mse")
+
+
+def load(path: Path, model_spec: ModelSpec) -> keras.Model:
+    custom_objects = model_spec.extra.get("custom_objects", dict)()
+    return keras.models.load_model(path, custom_objects=custom_objects)
+
+
+def test_registry_has_the_five_architectures() -> None:
+    assert {"fnn", "cnn", "rnn", "lstm", "gan"} <= set(REGISTRY)
+
+
+@pytest.mark.parametrize(("name", "kind", "task"), all_cases())
+def test_builds_named_uncompiled_model_with_right_output_shape(
+    name: str, kind: str, task: str
+) -> None:
+    spec = data_spec(kind, task)
+    model = build(name, spec)
+    assert model.name == name
+    assert not model.compiled
+    if REGISTRY[name].generative:
+        assert model.generator.output_shape == (None, *spec.input_shape)
+        assert model.discriminator.output_shape == (None, 1)
+    else:
+        assert model.output_shape == (None, spec.n_outputs)
+
+
+@pytest.mark.parametrize(("name", "kind", "task"), train_cases())
+def test_trains_one_epoch_and_round_trips_through_keras_file(
+    name: str, kind: str, task: str, tmp_path: Path
+) -> None:
+    model_spec, spec = REGISTRY[name], data_spec(kind, task)
+    x, y = synthetic(spec)
+    model = build(name, spec)
+    compile_for(model, model_spec, spec)
+    if model_spec.generative:
+        history = model.fit(x, validation_data=(x,), epochs=1, batch_size=16, verbose=0).history
+        assert set(history) == {"d_loss", "g_loss", "val_d_loss", "val_g_loss"}
+    else:
+        history = model.fit(x, y, validation_data=(x, y), epochs=1, batch_size=16, verbose=0)
+        history = history.history
+    assert all(np.isfinite(values).all() for values in history.values())
+
+    model.save(tmp_path / "model.keras")
+    loaded = load(tmp_path / "model.keras", model_spec)
+    assert loaded.name == name
+    if model_spec.generative:
+        noise = np.random.default_rng(1).normal(size=(4, model.latent_dim)).astype(np.float32)
+        np.testing.assert_array_equal(model.generator(noise), loaded.generator(noise))
+        np.testing.assert_array_equal(model.sample(4, seed=3), loaded.sample(4, seed=3))
+    else:
+        np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_same_seed_same_weights_other_seed_other_weights(name: str) -> None:
+    model_spec = REGISTRY[name]
+    kind = sorted(model_spec.input_kinds)[0]
+    spec = data_spec(kind, sorted(model_spec.tasks)[0])
+    first, again, other = (build(name, spec, seed).get_weights() for seed in (1, 1, 2))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+# --- config validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_defaults_form_a_valid_config(name: str) -> None:
+    REGISTRY[name].config()
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_unknown_key_rejected(name: str) -> None:
+    with pytest.raises(ValidationError, match="unitz"):
+        REGISTRY[name].config(unitz=[8])
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_unknown_activation_rejected_listing_the_allowed_names(name: str) -> None:
+    with pytest.raises(ValidationError) as error:
+        REGISTRY[name].config(activation="relux")
+    assert all(allowed in str(error.value) for allowed in typing.get_args(Activation))
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_activation_list_of_wrong_length_rejected(name: str) -> None:
+    with pytest.raises(ValidationError, match=r"expected one name or a list of \d+ names"):
+        REGISTRY[name].config(activation=["relu"] * 9)
+
+
+def regularisation_cases() -> list[tuple[str, str, float]]:
+    bad_values = [("dropout", 1.0), ("dropout", -0.1), ("l2", -1e-4)]
+    return [
+        (name, key, value)
+        for name, spec in REGISTRY.items()
+        for key, value in bad_values
+        if key in spec.config.model_fields
+    ]
+
+
+@pytest.mark.parametrize(("name", "key", "value"), regularisation_cases())
+def test_out_of_range_regularisation_rejected(name: str, key: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=key):
+        REGISTRY[name].config(**{key: value})
+
+
+@pytest.mark.parametrize(("name", "key"), [("fnn", "units"), ("cnn", "filters"), ("lstm", "units")])
+def test_layer_sizes_must_be_positive_and_non_empty(name: str, key: str) -> None:
+    for bad in ([], [16, 0]):
+        with pytest.raises(ValidationError, match=key):
+            REGISTRY[name].config(**{key: bad})
+
+
+def test_one_activation_per_layer_is_used_in_order() -> None:
+    model = build(
+        "fnn", data_spec("vector", "regression"), units=[4, 4], activation=["tanh", "elu"]
+    )
+    names = [layer.name for layer in model.layers]
+    assert names.index("hidden_1_tanh") < names.index("hidden_2_elu")
+
+
+def test_every_activation_name_resolves_in_keras() -> None:
+    for name in typing.get_args(Activation):
+        assert callable(keras.activations.get(name)), name
+
+
+def test_validating_configs_does_not_import_keras() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from deepfit.models import REGISTRY
+        for spec in REGISTRY.values():
+            spec.config()
+        assert "keras" not in sys.modules and "tensorflow" not in sys.modules
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- GAN specifics --------------------------------------------------------------------------
+
+
+def test_gan_samples_are_images_and_fixed_by_the_seed() -> None:
+    gan = build("gan", data_spec("image", "classification"))
+    first, again, other = gan.sample(6, seed=5), gan.sample(6, seed=5), gan.sample(6, seed=6)
+    assert first.shape == (6, *SHAPES["image"])
+    assert ((first >= 0) & (first <= 1)).all()
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_saved_gan_loads_in_a_fresh_process(tmp_path: Path) -> None:
+    gan = build("gan", data_spec("image", "classification"))
+    gan.save(tmp_path / "gan.keras")
+    np.save(tmp_path / "expected.npy", gan.sample(3, seed=9))
+    code = textwrap.dedent(
+        f"""
+        import keras, numpy as np
+        from deepfit.models import gan
+        model = keras.models.load_model({str(tmp_path / "gan.keras")!r},
+                                        custom_objects=gan.custom_objects())
+        expected = np.load({str(tmp_path / "expected.npy")!r})
+        np.testing.assert_array_equal(model.sample(3, seed=9), expected)
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -1,0 +1,161 @@
+"""End to end: the real `dvc repro` in a temporary copy of the repo on shrunk params.
+
+Checks the metrics files, DVC's own views and the MLflow store through MLflow's client, that a
+second repro does nothing, and that `dvc exp run -S` reruns only the varied run's stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ["fnn", "cnn", "rnn", "lstm", "rnn_adding", "lstm_adding", "gan"]
+EPOCHS = 2
+
+pytestmark = pytest.mark.slow
+
+
+def _copy_repo(dest: Path) -> None:
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        if not (ROOT / rel).is_file() or rel.startswith(("reports/", "dvc.lock")):
+            continue  # the copy starts with no outputs, as a fresh clone
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+
+
+def _shrink(params_path: Path) -> None:
+    params = yaml.safe_load(params_path.read_text())
+    params["train"]["epochs"] = EPOCHS
+    params["scorer"]["epochs"] = EPOCHS
+    params["datasets"]["adding"].update(length=10, train_size=256, val_size=64, test_size=64)
+    for run in params["runs"].values():
+        run.get("train", {}).pop("epochs", None)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    )
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    repo = tmp_path_factory.mktemp("deepfit") / "repo"
+    repo.mkdir()
+    _copy_repo(repo)
+    _shrink(repo / "params.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for cmd in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
+        _sh(cmd, repo, env)
+    env["DEEPFIT_E2E_LOG"] = _sh(["dvc", "repro"], repo, env)
+    return repo, env
+
+
+def test_every_run_has_metrics_with_baselines(repo):
+    root, _ = repo
+    for name in RUNS:
+        metrics = json.loads((root / "reports" / "metrics" / f"{name}.json").read_text())
+        assert metrics["test"] and metrics["baseline"], name
+        assert metrics["train"]["epochs"] == EPOCHS
+    digits = json.loads((root / "reports/metrics/cnn.json").read_text())
+    assert 0.0 <= digits["test"]["accuracy"] <= 1.0
+    assert digits["baseline"]["svm"]["accuracy"] > 0.9  # the SVM baseline is a real one
+    adding = json.loads((root / "reports/metrics/lstm_adding.json").read_text())
+    assert adding["baseline"]["constant"]["mse"] > 0.1
+    gan = json.loads((root / "reports/metrics/gan.json").read_text())
+    assert gan["test"]["fid"] > gan["baseline"]["fid_real_vs_real"] >= 0
+    summary = (root / "reports" / "summary.md").read_text()
+    assert all(f"| {name} |" in summary for name in RUNS)
+    assert (root / "reports/figures/learning_curves.png").stat().st_size > 1000
+
+
+def test_mlflow_store_has_one_finished_run_per_run_with_epoch_curves(repo):
+    root, _ = repo
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("deepfit")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(RUNS)
+    for run in runs:
+        name = run.info.run_name
+        assert run.info.status == "FINISHED", name
+        assert run.data.tags["deepfit.run"] == name
+        assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+        assert "version.keras" in run.data.tags
+        assert "train.optimizer.learning_rate" in run.data.params
+        loss = "d_loss" if name == "gan" else "loss"
+        for key in (loss, f"val_{loss}"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in history] == list(range(1, EPOCHS + 1)), (name, key)
+        assert any(k.startswith("test.") for k in run.data.metrics), name
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+        assert "figures/evaluation" in artifacts and "figures/training" in artifacts
+
+
+def test_logged_model_loads_with_pyfunc(repo):
+    root, _ = repo
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["deepfit"], filter_string="run_name = 'cnn'")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.iloc[0].run_id}/model")
+    proba = np.asarray(model.predict(np.zeros((2, 8, 8, 1), dtype="float32")))
+    assert proba.shape == (2, 10)
+
+
+def test_dvc_views_work(repo):
+    root, env = repo
+    metrics = _sh(["dvc", "metrics", "show", "--json"], root, env)
+    assert "reports/metrics/cnn.json" in metrics
+    plots = json.loads(
+        _sh(["dvc", "plots", "show", "--json"], root, env).split("\n", 1)[-1]
+        if not _sh(["dvc", "plots", "show", "--json"], root, env).startswith("{")
+        else _sh(["dvc", "plots", "show", "--json"], root, env)
+    )
+    assert "reports/plots/cnn/curves/loss.csv" in plots["data"]
+    assert "reports/plots/cnn/eval/confusion.csv" in plots["data"]
+    assert not plots.get("errors"), plots.get("errors")
+
+
+def test_second_repro_does_nothing(repo):
+    root, env = repo
+    out = _sh(["dvc", "repro"], root, env)
+    assert "Running stage" not in out
+    assert "up to date" in out
+
+
+def test_exp_run_reruns_only_the_varied_run(repo):
+    root, env = repo
+    _sh(["git", "add", "-A"], root, env)
+    _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], root, env)
+    out = _sh(["dvc", "exp", "run", "-S", "runs.cnn.activation=tanh"], root, env)
+    ran = sorted(set(re.findall(r"Running stage '([^']+)'", out)))
+    assert ran == ["evaluate@cnn", "report", "train@cnn"]
+    shown = _sh(["dvc", "exp", "show", "--json"], root, env)
+    assert "tanh" in shown
