@@ -20,6 +20,7 @@ from deepfit.outputs import atomic_dir, write_json
 
 if TYPE_CHECKING:
     import keras
+    import numpy as np
 
     from deepfit.data import Prepared
     from deepfit.models.base import DataSpec
@@ -237,7 +238,7 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
             }
         )
         mlflow.log_artifacts(str(figures_dir), artifact_path="figures/training")
-        _log_model(spec.generative, model)
+        _log_model(spec.generative, model, data.val[0][:5])
     log.info(
         "%s: %d epochs in %.1fs, best epoch %d",
         run.name,
@@ -276,13 +277,19 @@ def _check_finite(model: keras.Model, history: dict[str, list[float]]) -> None:
         )
 
 
-def _log_model(generative: bool, model: keras.Model) -> None:
-    """Log the model to MLflow (for a GAN, its generator: noise in, images out)."""
+def _log_model(generative: bool, model: keras.Model, x_example: np.ndarray) -> None:
+    """Log the model to MLflow with its signature (for a GAN: the generator, noise -> images)."""
     from importlib import metadata
 
     import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
 
-    pip = [f"{name}=={metadata.version(name)}" for name in ("keras", "tensorflow-cpu")]
     target = model.generator if generative else model
+    if generative:
+        rng = np.random.default_rng(0)
+        x_example = rng.normal(size=(len(x_example), model.latent_dim)).astype("float32")
+    signature = infer_signature(x_example, np.asarray(target.predict(x_example, verbose=0)))
     # Explicit requirements: MLflow's inference would reload the model in a subprocess.
-    mlflow.keras.log_model(target, name="model", pip_requirements=pip)
+    pip = [f"{name}=={metadata.version(name)}" for name in ("keras", "tensorflow-cpu")]
+    mlflow.keras.log_model(target, name="model", signature=signature, pip_requirements=pip)

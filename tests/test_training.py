@@ -1,0 +1,101 @@
+"""Training helpers: optimizers from params, curve tables, best epoch; a tiny real train_run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deepfit.config import OptimizerConfig
+from deepfit.training import best_epoch, curve_tables, make_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "cls", "checks"),
+    [
+        (dict(name="sgd", learning_rate=0.1), "SGD", {"momentum": 0.0, "nesterov": False}),
+        (
+            dict(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True),
+            "SGD",
+            {"momentum": 0.9, "nesterov": True},
+        ),
+        (dict(name="rmsprop", learning_rate=0.01, momentum=0.5), "RMSprop", {"momentum": 0.5}),
+        (dict(name="adam", learning_rate=2e-4, beta_1=0.5), "Adam", {"beta_1": 0.5}),
+        (dict(name="adamw", weight_decay=0.01), "AdamW", {"weight_decay": 0.01}),
+    ],
+)
+def test_make_optimizer_follows_params(cfg, cls, checks):
+    optimizer = make_optimizer(OptimizerConfig(**cfg), "constant", total_steps=10)
+    assert type(optimizer).__name__ == cls
+    config = optimizer.get_config()
+    assert config["learning_rate"] == pytest.approx(cfg.get("learning_rate", 1e-3))
+    for key, value in checks.items():
+        assert config[key] == pytest.approx(value)
+
+
+def test_cosine_schedule_decays_over_all_steps():
+    optimizer = make_optimizer(OptimizerConfig(learning_rate=0.1), "cosine", total_steps=100)
+    schedule = optimizer._learning_rate
+    assert float(schedule(0)) == pytest.approx(0.1)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_curve_tables_pair_train_and_validation():
+    history = {
+        "loss": [1.0, 0.5],
+        "val_loss": [1.1, 0.7],
+        "accuracy": [0.5, 0.75],
+        "val_accuracy": [0.4, 0.6],
+        "learning_rate": [0.1, 0.1],
+    }
+    tables = curve_tables(history)
+    assert set(tables) == {"loss", "accuracy"}
+    assert tables["loss"] == "epoch,train,val\n1,1.0,1.1\n2,0.5,0.7\n"
+
+
+def test_best_epoch_is_lowest_validation_loss_or_last_for_gan():
+    history = {"loss": [3, 2, 1, 0.5], "val_loss": [3, 1, 2, 1.5]}
+    assert best_epoch(history, generative=False) == 2
+    assert best_epoch({"d_loss": [1, 2, 3], "val_d_loss": [1, 1, 1]}, generative=True) == 3
+
+
+def test_train_run_writes_outputs_and_tracks_epochs(tmp_path, monkeypatch):
+    """A real two-epoch FNN on a tiny prepared digits split, logged to a sqlite store."""
+    from mlflow.tracking import MlflowClient
+
+    from deepfit.config import parse_params, read_yaml
+    from deepfit.data import load_prepared, prepare_dataset
+    from deepfit.training import TrainOutputs, train_run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    raw = read_yaml(ROOT / "params.yaml")
+    raw["train"]["epochs"] = 2
+    raw["runs"]["fnn"]["units"] = [16]
+    params = parse_params(raw)
+    prepare_dataset("digits", params.dataset("digits"), 0, tmp_path / "prepared", tmp_path / "raw")
+    data = load_prepared(tmp_path / "prepared")
+    summary = train_run(params.run("fnn"), params, data, TrainOutputs.for_run("fnn", tmp_path))
+
+    model_dir = tmp_path / "models" / "fnn"
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "history.json",
+        "model.keras",
+        "run.json",
+    ]
+    assert json.loads((model_dir / "run.json").read_text())["epochs"] == 2
+    curves = tmp_path / "reports" / "plots" / "fnn" / "curves"
+    assert sorted(p.name for p in curves.iterdir()) == ["accuracy.csv", "loss.csv"]
+    assert (tmp_path / "reports/figures/fnn/training/learning_curves.png").exists()
+    leftovers = [p for p in tmp_path.rglob(".*") if p.name.startswith((".fnn", ".curves"))]
+    assert not leftovers
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    assert run.data.params["arch.units"] == "16"
