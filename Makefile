@@ -7,7 +7,7 @@ PORT ?= 5000
 # Stages call `python -m deepfit.stages...`; put the environment's python first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test ui plots metrics lint format lock clean
+.PHONY: setup run test ui plots metrics bench lint format lock clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ plots: setup  ## render every DVC plot to dvc_plots/index.html
 
 metrics: setup
 	dvc metrics show
+
+bench: setup  ## cold `dvc repro` in a temporary copy: time and quality targets (minutes)
+	python benchmarks/pipeline_targets.py --json reports/benchmarks.json
 
 lint: setup
 	ruff check . && ruff format --check .
