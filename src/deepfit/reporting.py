@@ -60,7 +60,7 @@ def summary_rows(params: Params, reports: Path) -> list[dict[str, Any]]:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     header = (
-        "| run | model | dataset | metric | value | baseline | vs baseline "
+        "| run | model | dataset | metric | value | baseline | model vs baseline "
         "| epochs (best) | parameters | train time |\n"
         "|---|---|---|---|---:|---:|---|---:|---:|---:|\n"
     )
@@ -102,14 +102,16 @@ def _baseline_name(kind: str) -> str:
 
 
 def _verdict(row: dict[str, Any]) -> str:
+    """How the run compares with its baseline: points for accuracy, a ratio for errors."""
     value, baseline = row["value"], row["baseline"]
     if value is None or baseline is None:
         return "n/a"
     if row["better"] == "higher":
-        return "better" if value > baseline else "worse"
-    if row["metric"] == "test.fid":
-        return f"{value / baseline:.1f}× the floor" if baseline else "n/a"
-    return "better" if value < baseline else "worse"
+        return f"{(value - baseline) * 100:+.1f} pts"
+    if not baseline:
+        return "n/a"
+    ratio = value / baseline
+    return f"{ratio:.2f}× baseline" if ratio >= 0.1 else f"{ratio:.1g}× baseline"
 
 
 def _num(value: float | None) -> str:

@@ -1,0 +1,38 @@
+"""The summary table: one row per run with its key metric beside the right baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from deepfit.config import load_params
+from deepfit.reporting import markdown_table, read_curves, summary_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_metrics(reports: Path, run: str, test: dict, baseline: dict) -> None:
+    (reports / "metrics").mkdir(parents=True, exist_ok=True)
+    train = {"epochs": 3, "best_epoch": 2, "params": 1234, "seconds": 1.5}
+    data = {"test": test, "baseline": baseline, "train": train}
+    (reports / "metrics" / f"{run}.json").write_text(json.dumps(data))
+
+
+def test_rows_pick_key_metric_and_baseline_per_kind(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    write_metrics(tmp_path, "cnn", {"accuracy": 0.99}, {"svm": {"accuracy": 0.98}})
+    write_metrics(tmp_path, "lstm", {"rmse": 16.0}, {"ar": {"rmse": 20.0}})
+    write_metrics(tmp_path, "lstm_adding", {"mse": 0.001}, {"constant": {"mse": 0.16}})
+    write_metrics(tmp_path, "gan", {"fid": 4.0}, {"fid_real_vs_real": 0.5})
+    rows = {r["run"]: r for r in summary_rows(params, tmp_path)}
+    assert set(rows) == {"cnn", "lstm", "lstm_adding", "gan"}  # runs without metrics left out
+    assert (rows["lstm"]["metric"], rows["lstm"]["baseline"]) == ("test.rmse", 20.0)
+    table = markdown_table(list(rows.values()))
+    assert "| cnn | cnn | digits | test.accuracy | 0.9900 | 0.9800 (SVM) | +1.0 pts |" in table
+    assert "0.80× baseline" in table and "8.00× baseline" in table
+    assert "| 3 (2) | 1,234 | 1.5 s |" in table
+
+
+def test_read_curves_round_trips_curve_tables(tmp_path):
+    (tmp_path / "loss.csv").write_text("epoch,train,val\n1,1.0,1.5\n2,0.5,0.75\n")
+    assert read_curves(tmp_path) == {"loss": [1.0, 0.5], "val_loss": [1.5, 0.75]}
