@@ -133,11 +133,10 @@ def test_dvc_views_work(repo):
     root, env = repo
     metrics = _sh(["dvc", "metrics", "show", "--json"], root, env)
     assert "reports/metrics/cnn.json" in metrics
-    plots = json.loads(
-        _sh(["dvc", "plots", "show", "--json"], root, env).split("\n", 1)[-1]
-        if not _sh(["dvc", "plots", "show", "--json"], root, env).startswith("{")
-        else _sh(["dvc", "plots", "show", "--json"], root, env)
+    shown = subprocess.run(
+        ["dvc", "plots", "show", "--json"], cwd=root, env=env, capture_output=True, text=True
     )
+    plots = json.loads(shown.stdout)  # warnings, if any, go to stderr
     assert "reports/plots/cnn/curves/loss.csv" in plots["data"]
     assert "reports/plots/cnn/eval/confusion.csv" in plots["data"]
     assert not plots.get("errors"), plots.get("errors")
@@ -159,3 +158,17 @@ def test_exp_run_reruns_only_the_varied_run(repo):
     assert ran == ["evaluate@cnn", "report", "train@cnn"]
     shown = _sh(["dvc", "exp", "show", "--json"], root, env)
     assert "tanh" in shown
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("deepfit")
+    varied = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`deepfit.run` = 'cnn'"
+    )
+    named = [r for r in varied if "dvc_exp_name" in r.data.tags]
+    assert len(named) == 1
+    run = named[0]
+    assert run.info.run_name == f"cnn@{run.data.tags['dvc_exp_name']}"
+    assert run.info.status == "FINISHED"
+    assert run.data.params["arch.activation"] == "tanh"
