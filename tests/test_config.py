@@ -36,7 +36,17 @@ def test_real_params_validate_and_resolve_defaults():
     assert gan.train.optimizer.beta_1 == 0.5
     assert gan.train.early_stopping.enabled is False
     assert gan.train.batch_size == params.train.batch_size
-    assert params.run("cnn").train == params.train
+    assert params.run("fnn").train == params.train  # no train block: the shared defaults
+    cnn = params.run("cnn").train
+    assert cnn.epochs == 60
+    assert cnn.model_copy(update={"epochs": params.train.epochs}) == params.train
+
+
+def test_list_activation_error_points_at_the_bad_item(raw):
+    raw["runs"]["cnn"]["activation"] = ["relu", "tanhh", "relu"]
+    message = error_of(raw)
+    assert message.startswith("params.yaml: runs.cnn.activation.1: Input should be 'relu'")
+    assert "more problem" not in message and "literal[" not in message
 
 
 def test_yaml_1_2_floats(tmp_path, raw):

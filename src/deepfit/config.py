@@ -341,8 +341,11 @@ def _validate(
 
 def _format_error(exc: ValidationError, where: str, schema: Any, extra_keys: tuple = ()) -> str:
     errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = [str(part) for part in first["loc"] if not _is_union_tag(part, schema)]
+    paths = [_user_path(e["loc"], schema) for e in errors]
+    # The deepest error is the most specific: for a list given where one name or a list of
+    # names is allowed, the bad item (activation.1), not "not a single name".
+    pick = max(range(len(errors)), key=lambda i: len(paths[i]))
+    first, loc = errors[pick], paths[pick]
     path = ".".join([where, *loc]) if where else ".".join(loc)
     kind = first["type"]
     if kind == "extra_forbidden":
@@ -358,8 +361,20 @@ def _format_error(exc: ValidationError, where: str, schema: Any, extra_keys: tup
         message = first["msg"].removeprefix("Value error, ")
         if kind not in {"value_error", "assertion_error"} and "input" in first:
             message += f" (got {first['input']!r})"
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    # A value that fits no branch of a union (one activation or a list) fails every branch at
+    # the same key: that is one problem, not several.
+    others = len({tuple(p) for p in paths if p != loc[: len(p)]})
+    more = f" (and {others} more problem(s))" if others else ""
     return f"{path}: {message}{more}"
+
+
+def _user_path(loc: tuple[Any, ...], schema: Any) -> list[str]:
+    """The key path as the user wrote it: without pydantic's union branch labels."""
+    return [
+        str(part)
+        for part in loc
+        if not _is_union_tag(part, schema) and not (isinstance(part, str) and "[" in part)
+    ]
 
 
 def _is_union_tag(part: Any, schema: Any) -> bool:
