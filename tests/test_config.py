@@ -116,11 +116,16 @@ def test_optimizer_options_must_fit_the_optimizer(raw):
     raw["train"]["optimizer"]["momentum"] = 0.9  # shared default optimizer is adam
     assert "momentum is used only by rmsprop, sgd" in error_of(raw)
     raw["train"]["optimizer"]["name"] = "sgd"
+    raw["train"]["optimizer"]["learning_rate"] = 0.05
     params = parse_params(raw)
     assert params.train.optimizer.momentum == 0.9
-    # a run naming another optimizer starts it afresh instead of inheriting sgd's momentum
-    gan_optimizer = params.run("gan").train.optimizer
-    assert (gan_optimizer.name, gan_optimizer.momentum, gan_optimizer.beta_1) == ("adam", None, 0.5)
+    # a run naming another optimizer drops sgd's momentum but keeps the shared learning rate
+    fnn = {**raw["runs"]["fnn"], "train": {"optimizer": {"name": "adam"}}}
+    raw["runs"]["fnn"] = fnn
+    optimizer = parse_params(raw).run("fnn").train.optimizer
+    assert (optimizer.name, optimizer.momentum, optimizer.learning_rate) == ("adam", None, 0.05)
+    gan_optimizer = params.run("gan").train.optimizer  # sets its own learning rate and beta_1
+    assert (gan_optimizer.learning_rate, gan_optimizer.beta_1) == (2e-4, 0.5)
 
 
 def test_run_override_of_same_optimizer_merges(raw):

@@ -65,10 +65,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     _shrink(repo / "params.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    # `dvc exp run` commits experiments: give git an identity that does not depend on the host
+    for var in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+        env[var] = "deepfit tests"
+    for var in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        env[var] = "tests@deepfit.invalid"
     for cmd in (
         ["git", "init", "-q", "-b", "main"],
+        ["git", "config", "user.name", env["GIT_AUTHOR_NAME"]],  # DVC's own git backend reads
+        ["git", "config", "user.email", env["GIT_AUTHOR_EMAIL"]],  # config, not the env vars
         ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+        ["git", "commit", "-qm", "init"],
     ):
         _sh(cmd, repo, env)
     env["DEEPFIT_E2E_LOG"] = _sh(["dvc", "repro"], repo, env)
@@ -152,7 +159,7 @@ def test_second_repro_does_nothing(repo):
 def test_exp_run_reruns_only_the_varied_run(repo):
     root, env = repo
     _sh(["git", "add", "-A"], root, env)
-    _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], root, env)
+    _sh(["git", "commit", "-qm", "lock"], root, env)
     out = _sh(["dvc", "exp", "run", "-S", "runs.cnn.activation=tanh"], root, env)
     ran = sorted(set(re.findall(r"Running stage '([^']+)'", out)))
     assert ran == ["evaluate@cnn", "report", "train@cnn"]

@@ -27,6 +27,7 @@ RUN_KEYS = ("model", "dataset", "train")
 OptimizerName = Literal["sgd", "adam", "adamw", "nadam", "rmsprop", "adagrad", "adamax"]
 _MOMENTUM_OPTIMIZERS = {"sgd", "rmsprop"}
 _BETA_OPTIMIZERS = {"adam", "adamw", "nadam", "adamax"}
+_GENERIC_OPTIMIZER_KEYS = {"learning_rate", "clipnorm", "weight_decay"}
 
 
 class ConfigError(ValueError):
@@ -272,8 +273,9 @@ def _parse_run(
 def merge_train(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """A run's training settings: shared defaults with the run's keys applied.
 
-    Naming a different optimizer starts that optimizer afresh: options of the default one
-    (momentum of sgd, beta_1 of adam) would not fit it.
+    A run that names a different optimizer keeps the shared learning rate, clipnorm and weight
+    decay but not the shared optimizer's own options (sgd's momentum, adam's beta_1): they would
+    not fit the new one.
     """
     merged = deep_merge(defaults, overrides)
     default_opt = defaults.get("optimizer")
@@ -283,7 +285,8 @@ def merge_train(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
         and isinstance(own_opt, Mapping)
         and own_opt.get("name", default_opt.get("name")) != default_opt.get("name")
     ):
-        merged["optimizer"] = dict(own_opt)
+        generic = {k: v for k, v in default_opt.items() if k in _GENERIC_OPTIMIZER_KEYS}
+        merged["optimizer"] = {**generic, **own_opt}
     return merged
 
 
