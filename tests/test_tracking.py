@@ -92,3 +92,11 @@ def test_epoch_logger_uses_one_based_epoch_steps():
         ({"loss": 0.5, "val_loss": 0.75}, 1),
         ({"loss": pytest.approx(float("nan"), nan_ok=True)}, 2),
     ]
+
+
+def test_resuming_a_run_missing_from_the_store_says_how_to_recover(store):
+    with (
+        pytest.raises(tracking.TrackingError, match=r"retrain with `dvc repro -f train@cnn`"),
+        tracking.resume_run("0" * 32, "deepfit-test", "cnn"),
+    ):
+        pass

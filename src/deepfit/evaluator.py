@@ -98,13 +98,13 @@ def evaluate_run(
             "baseline": baseline,
             "train": {k: summary[k] for k in ("epochs", "best_epoch", "params", "seconds")},
         }
-        write_json(out.metrics, metrics)
-        with tracking.resume_run(summary["mlflow_run_id"], params.mlflow.experiment):
+        with tracking.resume_run(summary["mlflow_run_id"], params.mlflow.experiment, run.name):
             import mlflow
 
             mlflow.log_metrics(_numbers(flatten({"test": test, "baseline": baseline})))
             mlflow.log_artifacts(str(figures_dir), artifact_path="figures/evaluation")
             mlflow.set_tag("deepfit.evaluation", kind)
+        write_json(out.metrics, metrics)  # last, so a failure above leaves no metrics file
     key, _, _ = KEY_METRICS[kind]
     log.info("%s: %s = %.4f", run.name, key, flatten(metrics)[key])
     return metrics

@@ -129,12 +129,24 @@ def start_run(run: RunConfig, experiment: str, params: Mapping[str, Any]) -> Ite
             yield active
 
 
+class TrackingError(RuntimeError):
+    """The MLflow store does not hold what the pipeline expects; the message says what to do."""
+
+
 @contextmanager
-def resume_run(run_id: str, experiment: str) -> Iterator[Run]:
+def resume_run(run_id: str, experiment: str, run_name: str = "") -> Iterator[Run]:
     """Reopen the run that training created, so evaluation logs into the same run."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     _connect(experiment)
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(
+            f"MLflow run {run_id} (training of {run_name or 'this run'}) is not in "
+            f"{tracking_uri()}; retrain with `dvc repro -f train@{run_name or '<run>'}`"
+        ) from None
     with mlflow.start_run(run_id=run_id) as active, _status_on_error():
         yield active
 

@@ -196,10 +196,12 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
     compile_model(model, data.spec, run.train, steps, spec.generative)
 
     flat = {**run.flat(), "seeds.split": params.seeds.split, "seeds.train": params.seeds.train}
+    # Outputs are staged and swapped in only when everything, MLflow included, has succeeded.
     with (
         tracking.start_run(run, params.mlflow.experiment, flat) as active,
         atomic_dir(out.model_dir) as model_dir,
         atomic_dir(out.figures_dir) as figures_dir,
+        atomic_dir(out.curves_dir) as curves_dir,
     ):
         import mlflow
 
@@ -211,28 +213,28 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
         seconds = time.perf_counter() - started
         _check_finite(model, history)
 
-        model.save(model_dir / MODEL_FILE)
+        epochs = len(next(iter(history.values())))
         summary = {
             "run": run.name,
             "mlflow_run_id": active.info.run_id,
             "mlflow_experiment_id": active.info.experiment_id,
-            "epochs": len(history.get("loss", next(iter(history.values())))),
+            "epochs": epochs,
             "best_epoch": best_epoch(history, spec.generative),
             "params": int(model.count_params()),
             "seconds": round(seconds, 3),
-            "seconds_per_epoch": round(seconds / max(1, len(next(iter(history.values())))), 4),
+            "seconds_per_epoch": round(seconds / max(1, epochs), 4),
         }
+        model.save(model_dir / MODEL_FILE)
         write_json(model_dir / HISTORY_FILE, history)
         write_json(model_dir / RUN_FILE, summary)
         figures.run_curves_png(history, figures_dir / "learning_curves.png", title=run.name)
-        with atomic_dir(out.curves_dir) as curves_dir:
-            for metric, table in curve_tables(history).items():
-                (curves_dir / f"{metric}.csv").write_text(table)
+        for metric, table in curve_tables(history).items():
+            (curves_dir / f"{metric}.csv").write_text(table)
 
         mlflow.log_metrics(
             {
                 "best_epoch": summary["best_epoch"],
-                "epochs_run": summary["epochs"],
+                "epochs_run": epochs,
                 "train_seconds": summary["seconds"],
                 "n_params": summary["params"],
             }

@@ -10,9 +10,15 @@ from contextlib import contextmanager
 
 from deepfit.config import ConfigError
 from deepfit.data import DataError
+from deepfit.tracking import TrackingError
 
 # Failures a user can fix from the message alone: shown as one line, exit status 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, FloatingPointError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    DataError,
+    FloatingPointError,
+    TrackingError,
+)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
