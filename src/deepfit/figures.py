@@ -120,16 +120,21 @@ def image_grid_png(
     return _save(fig, path)
 
 
+def _panels(count: int) -> tuple[Figure, list[Axes]]:
+    """A figure with ``count`` panels (at least one), three per row."""
+    n = max(1, count)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig = _figure((4.5 * ncols, 3.4 * nrows))
+    return fig, list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+
+
 def run_curves_png(
     history: Mapping[str, Sequence[float]], path: str | os.PathLike[str], title: str
 ) -> Path:
     """One run's learning curves: a panel per metric, training solid and validation dashed."""
     metrics = _metric_names(history)
-    n = max(1, len(metrics))
-    ncols = min(n, 3)
-    nrows = math.ceil(n / ncols)
-    fig = _figure((4.5 * ncols, 3.4 * nrows))
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    fig, axes = _panels(len(metrics))
     for ax, metric in zip(axes, metrics, strict=False):
         _plot_pair(ax, history, metric, color="tab:blue")
         ax.set_title(metric)
@@ -148,11 +153,7 @@ def learning_curves_png(
 ) -> Path:
     """Loss curves of every run, one panel per run (losses differ in scale between tasks)."""
     names = list(histories)
-    n = max(1, len(names))
-    ncols = min(n, 3)
-    nrows = math.ceil(n / ncols)
-    fig = _figure((4.5 * ncols, 3.4 * nrows))
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    fig, axes = _panels(len(names))
     for ax, name in zip(axes, names, strict=False):
         history = histories[name]
         losses = _loss_names(history)
