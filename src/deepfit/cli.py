@@ -1,11 +1,22 @@
-"""The ``deepfit`` command: check params.yaml and list what the pipeline will run."""
+"""The ``deepfit`` command: check params.yaml, list what the pipeline will run, compare runs."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from deepfit.config import ConfigError, load_params
+
+COMPARE_HELP = """\
+One table over the MLflow runs of the workspace and of DVC experiments: key test metric beside
+its baseline, chosen params, fit verdict. Rows are ordered by run, best key metric first.
+Examples:
+  deepfit compare --best-per model          best activation/optimizer per architecture
+  deepfit compare --run fnn --sort test.accuracy --desc --columns train.epochs
+  deepfit compare --where arch.activation=tanh --curves curves.png --metric val_loss
+  deepfit compare --failed                  failed or killed runs with their error
+Exit status: 0 with rows, 1 when no run matches, 2 on an error."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,7 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     commands = cli.add_subparsers(dest="command", required=True)
     commands.add_parser("validate", help="validate params.yaml and list datasets and runs")
+    _add_compare(commands)
     args = cli.parse_args(argv)
+    if args.command == "compare":
+        return _compare(args)
+    return _validate(args)
+
+
+def _validate(args: argparse.Namespace) -> int:
     try:
         params = load_params(args.params)
     except ConfigError as exc:
@@ -28,6 +46,113 @@ def main(argv: list[str] | None = None) -> int:
             f"{opt.name} lr={opt.learning_rate:g}"
         )
     return 0
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "compare",
+        help="compare MLflow runs across DVC experiments",
+        description=COMPARE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    store = cmd.add_argument_group("store")
+    store.add_argument(
+        "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or <repo>/mlflow.db)"
+    )
+    store.add_argument(
+        "--experiment", help="MLflow experiment (default: mlflow.experiment in params, deepfit)"
+    )
+    pick = cmd.add_argument_group("selection (repeat a flag or separate values by commas)")
+    pick.add_argument("--run", action="append", default=[], help="deepfit run name, e.g. fnn")
+    pick.add_argument("--model", action="append", default=[], help="architecture, e.g. cnn")
+    pick.add_argument("--dataset", action="append", default=[], help="dataset, e.g. digits")
+    pick.add_argument(
+        "--exp", action="append", default=[], help="DVC experiment name; 'workspace' for none"
+    )
+    pick.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="param or tag value, e.g. train.optimizer.name=sgd (numbers compare as numbers)",
+    )
+    pick.add_argument(
+        "--best-per",
+        metavar="KEY",
+        help="one row per KEY (model, run, dataset, exp, a param): the best finished run by "
+        "its key metric, per dataset",
+    )
+    pick.add_argument("--failed", action="store_true", help="list FAILED/KILLED runs and errors")
+    view = cmd.add_argument_group("view")
+    view.add_argument("--sort", metavar="METRIC", help="sort by a metric (or any column)")
+    view.add_argument("--desc", action="store_true", help="sort descending (largest first)")
+    view.add_argument(
+        "--columns",
+        action="append",
+        default=[],
+        metavar="KEYS",
+        help="extra params, metrics or tags, comma-separated, e.g. arch.units,test.f1_macro",
+    )
+    out = cmd.add_argument_group("output files (written atomically)")
+    out.add_argument("--markdown", type=Path, metavar="FILE", help="the table as markdown")
+    out.add_argument("--csv", type=Path, metavar="FILE", help="the table as CSV, every column")
+    out.add_argument("--curves", type=Path, metavar="PNG", help="overlay per-epoch curves")
+    out.add_argument(
+        "--metric", default="val_loss", help="metric drawn by --curves (default: %(default)s)"
+    )
+
+
+def _compare(args: argparse.Namespace) -> int:
+    # pandas, MLflow and matplotlib load only here, so --help and validate stay fast.
+    from deepfit import compare, tracking
+
+    try:
+        uri = args.tracking_uri or tracking.tracking_uri()
+        experiment = args.experiment or _experiment(Path(args.params))
+        runs = compare.load_runs(uri, experiment)
+        options = compare.Options(
+            runs=args.run,
+            models=args.model,
+            datasets=args.dataset,
+            exps=args.exp,
+            where=args.where,
+            sort=args.sort,
+            descending=args.desc,
+            best_per=args.best_per,
+            columns=args.columns,
+        )
+        if args.failed:
+            table = compare.failed_table(runs, options)
+        else:
+            table = compare.compare_table(runs, options)
+        if table.empty:
+            print(f"no run matches ({len(runs)} runs in experiment {experiment!r})")
+            return 1
+        print(compare.text_table(table), end="")
+        print(_footer(runs, table, experiment, uri, args.failed))
+        for path, fmt in ((args.markdown, "markdown"), (args.csv, "csv")):
+            if path:
+                print(f"wrote {compare.write_table(table, path, fmt)}")
+        if args.curves:
+            print(f"wrote {compare.curves_png(uri, table, args.metric, args.curves)}")
+    except (compare.CompareError, ConfigError) as exc:
+        print(f"deepfit compare: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _experiment(params_file: Path) -> str:
+    if not params_file.exists():
+        return "deepfit"
+    return load_params(params_file).mlflow.experiment
+
+
+def _footer(runs, table, experiment: str, uri: str, failed: bool) -> str:
+    text = f"{len(table)} of {len(runs)} runs, experiment {experiment!r}, {uri}"
+    n_failed = int(runs["status"].isin(("FAILED", "KILLED")).sum())
+    if n_failed and not failed:
+        text += f"; {n_failed} failed or killed: deepfit compare --failed"
+    return text
 
 
 if __name__ == "__main__":

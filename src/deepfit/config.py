@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,12 +16,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from deepfit.data.config import DatasetConfig, dataset_kind_and_task
-from deepfit.models import REGISTRY
+from deepfit.models import REGISTRY, get_spec
 from deepfit.models.base import ArchConfig
 
 PARAMS_FILE = Path("params.yaml")
 RUN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-TOP_LEVEL_KEYS = ("seeds", "datasets", "train", "runs", "scorer", "mlflow")
+TOP_LEVEL_KEYS = ("seeds", "datasets", "train", "runs", "scorer", "mlflow", "fit", "studies")
 RUN_KEYS = ("model", "dataset", "train")
 
 OptimizerName = Literal["sgd", "adam", "adamw", "nadam", "rmsprop", "adagrad", "adamax"]
@@ -74,6 +74,13 @@ class EarlyStoppingConfig(_Strict):
     min_delta: float = Field(0.0, ge=0)
 
 
+class GradientsConfig(_Strict):
+    """Per-layer gradient norms measured on a fixed training batch at the end of every epoch."""
+
+    enabled: bool = True
+    samples: int = Field(256, ge=1, le=65_536)
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=1, le=65_536)
@@ -81,6 +88,7 @@ class TrainConfig(_Strict):
     schedule: Literal["constant", "cosine", "plateau"] = "constant"
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     sample_every: int = Field(10, ge=1)  # GAN: epochs between sample grids
+    gradients: GradientsConfig = GradientsConfig()
 
 
 class ScorerConfig(_Strict):
@@ -94,6 +102,21 @@ class ScorerConfig(_Strict):
 
 class MlflowConfig(_Strict):
     experiment: str = Field("deepfit", min_length=1)
+
+
+class FitConfig(_Strict):
+    """Thresholds of the fit verdict (deepfit.diagnosis documents the rules)."""
+
+    underfit_skill: float = Field(0.5, ge=0, le=1)
+    overfit_gap: float = Field(0.1, gt=0, le=1)
+    overfit_rise: float = Field(0.1, gt=0)
+    diverged_rise: float = Field(1.0, gt=0)
+    vanishing_ratio: float = Field(0.01, gt=0, lt=1)
+    exploding_norm: float = Field(1000.0, gt=0)
+
+
+StudyKind = Literal["capacity", "regularisation", "activation"]
+_STUDY_KEYS = ("kind", "train_size", "base", "variants")
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,21 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class StudyConfig:
+    """A classic fit study: one base run trained in several variants on the same data."""
+
+    name: str
+    kind: StudyKind
+    base: RunConfig
+    variants: dict[str, RunConfig]
+    train_size: int | None = None  # train on this many training samples (provokes overfitting)
+
+    @property
+    def dataset(self) -> str:
+        return self.base.dataset
+
+
+@dataclass(frozen=True)
 class Params:
     seeds: Seeds
     datasets: dict[str, DatasetConfig]
@@ -125,11 +163,19 @@ class Params:
     runs: dict[str, RunConfig]
     scorer: ScorerConfig
     mlflow: MlflowConfig
+    fit: FitConfig = field(default_factory=FitConfig)
+    studies: dict[str, StudyConfig] = field(default_factory=dict)
 
     def run(self, name: str) -> RunConfig:
         if name not in self.runs:
             raise ConfigError(f"runs.{name}: no such run; declared runs: {', '.join(self.runs)}")
         return self.runs[name]
+
+    def study(self, name: str) -> StudyConfig:
+        if name not in self.studies:
+            declared = ", ".join(self.studies) or "none"
+            raise ConfigError(f"studies.{name}: no such study; declared studies: {declared}")
+        return self.studies[name]
 
     def dataset(self, name: str) -> DatasetConfig:
         if name not in self.datasets:
@@ -207,7 +253,9 @@ def _parse(raw: Any) -> Params:
             f"scorer.dataset: {scorer.dataset!r} is not declared; declared: {', '.join(datasets)}"
         )
     mlflow = _validate(MlflowConfig, raw.get("mlflow") or {}, "mlflow")
-    return Params(seeds, datasets, train, runs, scorer, mlflow)
+    fit = _validate(FitConfig, raw.get("fit") or {}, "fit")
+    studies = _parse_studies(raw.get("studies") or {}, raw["train"], datasets)
+    return Params(seeds, datasets, train, runs, scorer, mlflow, fit, studies)
 
 
 def _parse_datasets(raw: Any) -> dict[str, DatasetConfig]:
@@ -232,10 +280,64 @@ def _parse_runs(
     return {name: _parse_run(name, body, train_raw, datasets) for name, body in raw.items()}
 
 
-def _parse_run(
+def _parse_studies(
+    raw: Any, train_raw: Mapping[str, Any], datasets: Mapping[str, DatasetConfig]
+) -> dict[str, StudyConfig]:
+    _expect_mapping(raw, "studies")
+    return {name: _parse_study(name, body, train_raw, datasets) for name, body in raw.items()}
+
+
+def _parse_study(
     name: str, body: Any, train_raw: Mapping[str, Any], datasets: Mapping[str, DatasetConfig]
+) -> StudyConfig:
+    where = f"studies.{name}"
+    _check_name(name, "studies")
+    _expect_mapping(body, where)
+    unknown = [k for k in body if k not in _STUDY_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(_STUDY_KEYS)}"
+        )
+    kind = _validate(TypeAdapter(StudyKind), body.get("kind"), f"{where}.kind")
+    train_size = body.get("train_size")
+    if train_size is not None and (
+        not isinstance(train_size, int) or isinstance(train_size, bool) or train_size < 2
+    ):
+        raise ConfigError(
+            f"{where}.train_size: expected an integer >= 2 or null (got {train_size!r})"
+        )
+    base_raw = body.get("base")
+    _expect_mapping(base_raw, f"{where}.base")
+    model = base_raw.get("model")
+    if model in REGISTRY and get_spec(model).generative:
+        raise ConfigError(
+            f"{where}.base.model: studies compare supervised models, not {model!r}"
+        )
+    base = _parse_run(name, base_raw, train_raw, datasets, where=f"{where}.base")
+    variants_raw = body.get("variants")
+    _expect_mapping(variants_raw, f"{where}.variants")
+    if len(variants_raw) < 2:
+        raise ConfigError(f"{where}.variants: declare at least two variants to compare")
+    variants = {}
+    for variant, override in variants_raw.items():
+        vwhere = f"{where}.variants.{variant}"
+        _check_name(variant, f"{where}.variants")
+        _expect_mapping(override, vwhere)
+        if {"model", "dataset"} & set(override):
+            raise ConfigError(f"{vwhere}: a variant keeps the base model and dataset")
+        merged = deep_merge(base_raw, override)
+        variants[variant] = _parse_run(variant, merged, train_raw, datasets, where=vwhere)
+    return StudyConfig(name, kind, base, variants, train_size)
+
+
+def _parse_run(
+    name: str,
+    body: Any,
+    train_raw: Mapping[str, Any],
+    datasets: Mapping[str, DatasetConfig],
+    where: str = "",
 ) -> RunConfig:
-    where = f"runs.{name}"
+    where = where or f"runs.{name}"
     _check_name(name, "runs")
     _expect_mapping(body, where)
     for key in ("model", "dataset"):

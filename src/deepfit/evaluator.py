@@ -1,8 +1,9 @@
 """Evaluation of a trained run on its test split, beside baselines fitted on the same split.
 
 ``evaluate_run`` is the one call the evaluate stage makes: it writes ``reports/metrics/<run>.json``
-(sections ``test``, ``baseline``, ``train``), plot data and figures, and logs the same numbers
-and figures into the MLflow run that training created.
+(sections ``test``, ``baseline``, ``train``, ``fit``, ``gradients``, ``mlflow``), plot data and
+figures, and logs the same numbers, the fit verdict and figures into the MLflow run that
+training created.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepfit import evaluation, figures
+from deepfit import diagnosis, evaluation, figures
 from deepfit.config import Params, RunConfig, flatten
 from deepfit.data.config import DatasetConfig, dataset_kind_and_task
 from deepfit.models import get_spec, load_model
 from deepfit.outputs import atomic_dir, write_json
-from deepfit.training import MODEL_FILE, RUN_FILE
+from deepfit.training import GRADIENTS_FILE, HISTORY_FILE, MODEL_FILE, RUN_FILE
 
 if TYPE_CHECKING:
     from deepfit.data import Prepared
@@ -93,21 +94,51 @@ def evaluate_run(
             test, baseline = _forecast(run, model, data, plots_dir, figures_dir)
         else:
             test, baseline = _regression(run, model, data, plots_dir, figures_dir)
+        fit, gradients = diagnose_run(run, params, data, model_dir, kind)
         metrics = {
             "test": test,
             "baseline": baseline,
             "train": {k: summary[k] for k in ("epochs", "best_epoch", "params", "seconds")},
+            "fit": fit,
+            "gradients": gradients,
+            "mlflow": {"run_id": summary["mlflow_run_id"], "run_name": summary.get("run_name")},
         }
         with tracking.resume_run(summary["mlflow_run_id"], params.mlflow.experiment, run.name):
             import mlflow
 
-            mlflow.log_metrics(_numbers(flatten({"test": test, "baseline": baseline})))
+            fit_metrics, fit_tags = diagnosis.mlflow_payload(fit, gradients)
+            mlflow.log_metrics(
+                {**_numbers(flatten({"test": test, "baseline": baseline})), **fit_metrics}
+            )
             mlflow.log_artifacts(str(figures_dir), artifact_path="figures/evaluation")
-            mlflow.set_tag("deepfit.evaluation", kind)
+            mlflow.set_tags({"deepfit.evaluation": kind, **fit_tags})
         write_json(out.metrics, metrics)  # last, so a failure above leaves no metrics file
     key, _, _ = KEY_METRICS[kind]
-    log.info("%s: %s = %.4f", run.name, key, flatten(metrics)[key])
+    log.info(
+        "%s: %s = %.4f; fit: %s (%s)",
+        run.name,
+        key,
+        flatten(metrics)[key],
+        fit["verdict"],
+        fit["reasons"],
+    )
     return metrics
+
+
+def diagnose_run(
+    run: RunConfig, params: Params, data: Prepared, model_dir: Path, kind: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fit verdict with its evidence, and the gradient-flow summary, of a trained run."""
+    history = json.loads((model_dir / HISTORY_FILE).read_text())
+    generative = kind == "generative"
+    reference = None
+    if not generative:
+        reference = diagnosis.reference_losses(data.train[1], data.val[1], data.spec.task)
+    metric = {"classification": "accuracy", "generative": None}.get(kind, "mae")
+    fit = diagnosis.diagnose(history, params.fit, reference, generative, metric)
+    records_path = model_dir / GRADIENTS_FILE
+    records = json.loads(records_path.read_text()) if records_path.exists() else []
+    return fit, diagnosis.gradient_summary(records, params.fit)
 
 
 def _classification(run, params, model, data, plots_dir, figures_dir):

@@ -1,4 +1,5 @@
-"""PNG figures for people: confusion matrices, forecasts, samples and learning curves."""
+"""PNG figures for people: confusion matrices, forecasts, samples, learning curves, gradient
+norms and fit studies."""
 
 # Figures are drawn on a bare Figure with the Agg canvas rather than through pyplot, so no global
 # backend or figure state is touched (safe under DVC, MLflow and tests). Every function writes its
@@ -150,8 +151,10 @@ def learning_curves_png(
     histories: Mapping[str, Mapping[str, Sequence[float]]],
     path: str | os.PathLike[str],
     title: str = "Learning curves of all runs",
+    titles: Mapping[str, str] | None = None,
 ) -> Path:
-    """Loss curves of every run, one panel per run (losses differ in scale between tasks)."""
+    """Loss curves of every run, one panel per run (losses differ in scale between tasks);
+    ``titles`` optionally replaces a run's panel title (the report adds the fit verdict)."""
     names = list(histories)
     fig, axes = _panels(len(names))
     for ax, name in zip(axes, names, strict=False):
@@ -162,7 +165,7 @@ def learning_curves_png(
         if not losses:
             _empty(ax, "no loss curves")
         ax.set_ylabel("loss")
-        ax.set_title(name)
+        ax.set_title((titles or {}).get(name, name))
     if not names:
         _empty(axes[0], "no runs")
     for ax in axes[len(names) or 1 :]:
@@ -172,6 +175,169 @@ def learning_curves_png(
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def gradient_norms_png(
+    records: Sequence[Mapping[str, float]], path: str | os.PathLike[str], title: str
+) -> Path:
+    """Per-layer gradient norm against epoch on a log scale, first layer darkest."""
+    fig = _figure((6.5, 4.2))
+    ax = fig.add_subplot()
+    layers = list(records[0]) if records else []
+    _gradient_lines(ax, records, layers)
+    if not layers:
+        _empty(ax, "no gradient norms recorded")
+    fig.suptitle(f"{title}: gradient norm per layer")
+    return _save(fig, path)
+
+
+VERDICT_COLORS = {
+    "underfit": "tab:blue",
+    "good": "tab:green",
+    "overfit": "tab:red",
+    "diverged": "black",
+}
+
+
+def study_png(
+    kind: str,
+    points: Sequence[Mapping[str, object]],
+    histories: Mapping[str, Mapping[str, Sequence[float]]],
+    gradients: Mapping[str, Sequence[Mapping[str, float]]],
+    path: str | os.PathLike[str],
+    title: str,
+) -> Path:
+    """A study's figure: capacity curves, regularisation gaps, or activation gradient flow.
+
+    Every kind has the variants' loss curves overlaid on the left (training solid, validation
+    dashed) and, on the right, what the study is about; verdicts colour the markers and labels.
+    """
+    fig = _figure((12, 4.6))
+    left, right = fig.subplots(1, 2)
+    if kind == "capacity":
+        _capacity(left, right, points)
+    else:
+        _curves_overlay(left, histories)
+        if kind == "regularisation":
+            _gap_bars(right, points)
+        else:
+            last = {name: records[:1] for name, records in gradients.items()}
+            _layer_profiles(right, last)
+    fig.suptitle(f"Study {title} ({kind})")
+    return _save(fig, path)
+
+
+def _gradient_lines(ax: Axes, records: Sequence[Mapping[str, float]], layers: list[str]) -> None:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    epochs = range(1, len(records) + 1)
+    for i, layer in enumerate(layers):
+        ax.plot(
+            epochs,
+            [max(r[layer], 1e-30) for r in records],
+            color=cmap(i / max(1, len(layers) - 1)),
+            label=layer,
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("gradient norm (data loss, fixed batch)")
+    ax.grid(alpha=0.3, which="both")
+    if layers:
+        ax.legend(fontsize=7, ncol=2)
+
+
+def _capacity(loss_ax: Axes, error_ax: Axes, points: Sequence[Mapping[str, object]]) -> None:
+    sizes = [p["params"] for p in points]
+    series = (
+        (loss_ax, "train_loss_last", "val_loss_best", "loss"),
+        (error_ax, "train_error_last", "val_error_best", "error rate"),
+    )
+    for ax, train_key, val_key, label in series:
+        if not all(p.get(val_key, "") != "" for p in points):
+            _empty(ax, f"no {label} recorded")
+            continue
+        ax.plot(sizes, [p[train_key] for p in points], "-", color="0.3", label="training (last)")
+        ax.plot(sizes, [p[val_key] for p in points], "--", color="0.3", label="validation (best)")
+        for p in points:
+            color = VERDICT_COLORS.get(str(p["verdict"]), "grey")
+            for key in (train_key, val_key):
+                ax.plot(p["params"], p[key], "o", color=color, ms=7)
+            ax.annotate(
+                str(p["verdict"]),
+                (p["params"], p[val_key]),
+                textcoords="offset points",
+                xytext=(0, 7),
+                ha="center",
+                fontsize=7,
+                color=color,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters (log scale)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+
+def _curves_overlay(ax: Axes, histories: Mapping[str, Mapping[str, Sequence[float]]]) -> None:
+    for (name, history), color in zip(histories.items(), _colors() * 3, strict=False):
+        for key, style in (("loss", "-"), ("val_loss", "--")):
+            values = history.get(key, [])
+            ax.plot(
+                range(1, len(values) + 1),
+                values,
+                ls=style,
+                color=color,
+                label=name if key == "loss" else None,
+            )
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (log scale)")
+    ax.set_title("training solid, validation dashed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _gap_bars(ax: Axes, points: Sequence[Mapping[str, object]]) -> None:
+    names = [str(p["variant"]) for p in points]
+    gaps = [float(p["skill_gap"]) for p in points]
+    colors = [VERDICT_COLORS.get(str(p["verdict"]), "grey") for p in points]
+    bars = ax.bar(names, gaps, color=colors)
+    for bar, p in zip(bars, points, strict=True):
+        ax.annotate(
+            f"{p['verdict']}\nval rise {float(p['val_rise']):.0%}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            textcoords="offset points",
+            xytext=(0, 3),
+            ha="center",
+            fontsize=8,
+        )
+    ax.set_ylabel("skill gap at best epoch (training - validation)")
+    ax.set_title("generalisation gap and verdict per variant")
+    ax.grid(alpha=0.3, axis="y")
+
+
+def _layer_profiles(ax: Axes, records: Mapping[str, Sequence[Mapping[str, float]]]) -> None:
+    for (name, first), color in zip(records.items(), _colors() * 3, strict=False):
+        if not first:
+            continue
+        layers = list(first[0])
+        ax.plot(
+            range(1, len(layers) + 1),
+            [max(first[0][k], 1e-30) for k in layers],
+            "o-",
+            color=color,
+            label=name,
+        )
+        ax.set_xticks(range(1, len(layers) + 1), layers, rotation=45, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("gradient norm after epoch 1 (log scale)")
+    ax.set_title("gradient flow: input layer on the left")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
 
 
 def _figure(size: tuple[float, float]) -> Figure:

@@ -1,7 +1,8 @@
 """Atomic outputs: a stage's files appear whole at their final path, or not at all.
 
 DVC caches whatever a stage leaves at its declared outputs, so a crash must never leave a
-half-written file there.
+half-written file there. Temporary names carry the writer's process id, so leftovers of a
+process that was killed (``kill -9``) are swept the next time the same output is written.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -18,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 
+class NonFiniteError(ValueError):
+    """An output would hold NaN or Inf; the message names the file."""
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
@@ -25,6 +31,37 @@ def _umask() -> int:
 
 
 _UMASK = _umask()
+# .<name>.tmp-<pid>-<random> (staging folders, temporary files), .<name>.old-<pid>-<random>
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_leftovers(target: Path) -> None:
+    """Remove temporaries of ``target`` left by dead writers; put back an output that a killed
+    swap had stepped aside (``.old-``) before the new one arrived."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for path in target.parent.iterdir():
+        match = _LEFTOVER.match(path.name)
+        if not match or match["name"] != target.name or pid_alive(int(match["pid"])):
+            continue
+        if match["kind"] == "old" and not target.exists():
+            os.replace(path, target)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -32,6 +69,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty staging folder beside ``target``; it replaces ``target`` only on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(target)
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     staging.mkdir()  # mkdir (not mkdtemp) so the final folder gets the usual umask permissions
     try:
@@ -61,7 +99,8 @@ def write_text(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    sweep_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -79,12 +118,13 @@ def write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def _check_finite(data: Any, where: str) -> None:
+def _check_finite(data: Any, where: str, key: str = "") -> None:
     if isinstance(data, float) and not math.isfinite(data):
-        raise ValueError(f"{where}: refusing to write a non-finite number ({data})")
+        at = f" at {key}" if key else ""
+        raise NonFiniteError(f"{where}: refusing to write a non-finite number{at} ({data})")
     if isinstance(data, dict):
-        for value in data.values():
-            _check_finite(value, where)
+        for name, value in data.items():
+            _check_finite(value, where, f"{key}.{name}" if key else str(name))
     elif isinstance(data, list | tuple):
-        for value in data:
-            _check_finite(value, where)
+        for i, value in enumerate(data):
+            _check_finite(value, where, f"{key}[{i}]")

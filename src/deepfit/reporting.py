@@ -1,4 +1,5 @@
-"""The report: one markdown table over all runs and one figure comparing their learning curves."""
+"""The report: markdown tables over all runs (scores, fit verdicts) and one figure comparing their
+learning curves."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def summary_rows(params: Params, reports: Path) -> list[dict[str, Any]]:
         kind = evaluation_kind(run, params.dataset(run.dataset))
         key, value, baseline, better = key_metric(metrics, kind)
         train = metrics.get("train", {})
+        fit = metrics.get("fit", {})
         rows.append(
             {
                 "run": name,
@@ -53,6 +55,8 @@ def summary_rows(params: Params, reports: Path) -> list[dict[str, Any]]:
                 "best_epoch": train.get("best_epoch"),
                 "params": train.get("params"),
                 "seconds": train.get("seconds"),
+                "fit": fit,
+                "gradients": metrics.get("gradients", {}),
             }
         )
     return rows
@@ -75,18 +79,52 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return header + "\n".join(lines) + "\n"
 
 
+def fit_table(rows: list[dict[str, Any]]) -> str:
+    """Each run's fit verdict with its evidence, at the best epoch and the last one."""
+    header = (
+        "| run | verdict | best epoch | train loss (best / last) | val loss (best / last) "
+        "| gap (best / last) | skill: train / val | val rise | vanished gradients |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---|\n"
+    )
+    lines = []
+    for r in rows:
+        f, g = r["fit"], r["gradients"]
+        if not f:
+            lines.append(f"| {r['run']} | n/a (evaluated before fit verdicts existed) |||||||")
+            continue
+        vanished = (g.get("vanished") or "none") if g else "not recorded"
+        lines.append(
+            f"| {r['run']} | **{f['verdict']}** | {f['best_epoch']} of {f['epochs']} "
+            f"| {_g(f['train_loss_best'])} / {_g(f['train_loss_last'])} "
+            f"| {_g(f['val_loss_best'])} / {_g(f['val_loss_last'])} "
+            f"| {_g(f['gap_best'])} / {_g(f['gap_last'])} "
+            f"| {f['train_skill']:.2f} / {f['val_skill']:.2f} | {f['val_rise']:.0%} | {vanished} |"
+        )
+    reasons = "\n".join(f"- {r['run']}: {r['fit']['reasons']}" for r in rows if r["fit"])
+    return header + "\n".join(lines) + "\n\n" + reasons + "\n"
+
+
 def write_report(params: Params, reports: Path = Path("reports")) -> Path:
     """Write reports/summary.md and reports/figures/learning_curves.png."""
     rows = summary_rows(params, reports)
     histories = {
         name: read_curves(reports / "plots" / name / "curves") for name in (r["run"] for r in rows)
     }
-    figure = figures.learning_curves_png(histories, reports / "figures" / "learning_curves.png")
+    titles = {r["run"]: f"{r['run']}: {r['fit'].get('verdict', 'n/a')}" for r in rows}
+    figure = figures.learning_curves_png(
+        histories, reports / "figures" / "learning_curves.png", titles=titles
+    )
     text = (
         "# deepfit summary\n\n"
         "Each run's key test metric beside its baseline on the same split "
         "(`reports/metrics/<run>.json` has every number).\n\n"
         + markdown_table(rows)
+        + "\n## Fit\n\n"
+        "Verdicts from each run's per-epoch history (rules and thresholds: README, "
+        '"Reading the fit"; params `fit:`). Skill is 1 - loss / the constant predictor\'s loss; '
+        "the gap is validation minus training loss; val rise is how far validation loss climbed "
+        "after its best epoch.\n\n"
+        + fit_table(rows)
         + f"\n![learning curves of all runs]({figure.relative_to(reports)})\n"
     )
     return write_text(reports / "summary.md", text)
@@ -112,6 +150,10 @@ def _verdict(row: dict[str, Any]) -> str:
         return "n/a"
     ratio = value / baseline
     return f"{ratio:.2f}× baseline" if ratio >= 0.1 else f"{ratio:.1g}× baseline"
+
+
+def _g(value: float) -> str:
+    return f"{value:.3g}"
 
 
 def _num(value: float | None) -> str:

@@ -1,5 +1,8 @@
 """MLflow tracking: where the store is, one run per deepfit run execution, tags and resumption.
 
+Also what keeps the store truthful when things go wrong: a quick reachability check of a
+tracking server, one writer at a time while a fresh sqlite store is created, runs of killed
+processes closed as KILLED, and failed DVC experiments recorded as FAILED runs.
 MLflow is imported inside functions: stages validate params before paying for the import.
 """
 
@@ -8,12 +11,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from deepfit.outputs import pid_alive
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -26,6 +35,11 @@ log = logging.getLogger(__name__)
 # results must land in the user's store, not in a copy that DVC deletes afterwards.
 _EXPS_TMP = os.path.join(".dvc", "tmp", "exps")
 _VERSIONED = ("tensorflow-cpu", "keras", "mlflow", "dvc", "numpy", "deepfit")
+HOST = socket.gethostname()
+# Seconds a tracking server gets to answer the reachability check (MLflow's own HTTP retries
+# would take about four minutes to give up on a server that is down).
+REACH_TIMEOUT = 3.0
+_OPENED: list[str] = []  # MLflow runs this process opened or reopened
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -75,12 +89,18 @@ def library_versions() -> dict[str, str]:
 
 
 def run_tags(run: RunConfig) -> dict[str, str]:
-    """Tags that identify a run everywhere: names, git commit, DVC experiment, versions."""
+    """Tags that identify a run everywhere: names, git commit, DVC experiment, versions, and the
+    process that writes it (so a later stage can tell that the process is gone)."""
+    return identity_tags(run.name, run.model, run.dataset)
+
+
+def identity_tags(name: str, model: str, dataset: str) -> dict[str, str]:
+    """``run_tags`` from the names alone (also usable when params.yaml did not validate)."""
     commit = git_commit()
     tags = {
-        "deepfit.run": run.name,
-        "deepfit.model": run.model,
-        "deepfit.dataset": run.dataset,
+        "deepfit.run": name,
+        "deepfit.model": model,
+        "deepfit.dataset": dataset,
         "mlflow.source.git.commit": commit,
         "git_commit": commit,
     }
@@ -88,7 +108,32 @@ def run_tags(run: RunConfig) -> dict[str, str]:
     if exp_name:
         tags["dvc_exp_name"] = exp_name
     tags.update({f"version.{k}": v for k, v in library_versions().items()})
+    tags.update(process_tags())
     return tags
+
+
+def process_tags() -> dict[str, str]:
+    """Host, pid and the pid's start time (a reused pid is not mistaken for the writer)."""
+    tags = {"deepfit.host": HOST, "deepfit.pid": str(os.getpid())}
+    started = _process_start(os.getpid())
+    if started:
+        tags["deepfit.pid_start"] = started
+    return tags
+
+
+def _process_start(pid: int) -> str | None:
+    try:  # Linux: field 22 of /proc/<pid>/stat, after the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _writer_alive(tags: Mapping[str, str]) -> bool:
+    pid = int(tags["deepfit.pid"])
+    if not pid_alive(pid):
+        return False
+    recorded, current = tags.get("deepfit.pid_start"), _process_start(pid)
+    return not (recorded and current and recorded != current)
 
 
 def mlflow_run_name(run_name: str) -> str:
@@ -97,32 +142,137 @@ def mlflow_run_name(run_name: str) -> str:
     return f"{run_name}@{exp_name}" if exp_name else run_name
 
 
+def check_reachable(uri: str | None = None, timeout: float = REACH_TIMEOUT) -> None:
+    """Raise TrackingError within ``timeout`` seconds when an HTTP tracking server is down.
+
+    Any HTTP answer counts as up (also 401/404 from a proxy); only a refused or timed-out
+    connection counts as down. Other stores (sqlite, file) are not checked.
+    """
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):
+            return  # it answered; MLflow's own TLS settings decide the rest
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI={uri}: tracking server not reachable ({reason}); start it, "
+            "or unset MLFLOW_TRACKING_URI to log to mlflow.db at the repository root"
+        ) from None
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """One process at a time in here per sqlite store: MLflow creates the tables of a new store
+    on first use, and two processes doing so at once fail half-way."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f"{path.name}-lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _connect(experiment: str) -> Any:
     import mlflow
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    if uri.startswith(("sqlite:", "file:")) and mlflow.get_experiment_by_name(experiment) is None:
-        # Pin artifacts to the repo root: MLflow's default is relative to the working directory,
-        # which for a queued DVC experiment is a copy that DVC deletes afterwards.
-        location = (repo_root() / "mlartifacts").as_uri()
-        with contextlib.suppress(MlflowException):  # created meanwhile by a parallel stage
-            mlflow.create_experiment(experiment, artifact_location=location)
-    return mlflow.set_experiment(experiment)
+    check_reachable(uri)
+    with _store_lock(uri):
+        mlflow.set_tracking_uri(uri)
+        if (
+            uri.startswith(("sqlite:", "file:"))
+            and mlflow.get_experiment_by_name(experiment) is None
+        ):
+            # Pin artifacts to the repo root: MLflow's default is relative to the working
+            # directory, which for a queued DVC experiment is a copy that DVC deletes afterwards.
+            location = (repo_root() / "mlartifacts").as_uri()
+            with contextlib.suppress(MlflowException):  # created meanwhile by a parallel stage
+                mlflow.create_experiment(experiment, artifact_location=location)
+        found = mlflow.set_experiment(experiment)
+    close_orphans(found.experiment_id)
+    return found
+
+
+def close_orphans(experiment_id: str) -> list[str]:
+    """End as KILLED the RUNNING runs of this host whose writing process is gone (``kill -9``,
+    power loss); return their ids. Runs of other hosts and untagged runs are left alone."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    closed = []
+    running = client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
+    for found in running:
+        tags = found.data.tags
+        if tags.get("deepfit.host") != HOST or not tags.get("deepfit.pid", "").isdigit():
+            continue
+        if _writer_alive(tags):
+            continue
+        run_id = found.info.run_id
+        client.set_tag(
+            run_id,
+            "deepfit.error",
+            f"killed: process {tags['deepfit.pid']} on {HOST} ended without closing the run",
+        )
+        client.set_terminated(run_id, "KILLED")
+        log.warning(
+            "MLflow run %s (%s) was left RUNNING by a killed process; marked KILLED",
+            run_id,
+            found.info.run_name,
+        )
+        closed.append(run_id)
+    return closed
+
+
+def opened_runs() -> list[str]:
+    """Ids of the MLflow runs this process opened or reopened."""
+    return list(_OPENED)
 
 
 @contextmanager
-def start_run(run: RunConfig, experiment: str, params: Mapping[str, Any]) -> Iterator[Run]:
+def start_run(
+    run: RunConfig,
+    experiment: str,
+    params: Mapping[str, Any],
+    *,
+    name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    nested: bool = False,
+) -> Iterator[Run]:
     """Open a new MLflow run for ``run`` with its params and tags.
 
+    ``name`` replaces the run's name in the MLflow run name, ``tags`` are added, and ``nested``
+    opens a child of the active run (a study's variants under the study's run).
     The ``with`` block ends the run as FINISHED, or FAILED/KILLED when the block raises, so a
     failing stage never leaves a run marked RUNNING.
     """
     import mlflow
 
-    _connect(experiment)
-    with mlflow.start_run(run_name=mlflow_run_name(run.name), tags=run_tags(run)) as active:
+    if not nested:
+        _connect(experiment)
+    with mlflow.start_run(
+        run_name=mlflow_run_name(name or run.name),
+        tags={**run_tags(run), **(tags or {})},
+        nested=nested,
+    ) as active:
+        _OPENED.append(active.info.run_id)
         mlflow.log_params({k: _param_value(v) for k, v in params.items()})
         log.info("MLflow run %s (%s) in %s", active.info.run_id, run.name, tracking_uri())
         with _status_on_error():
@@ -148,6 +298,8 @@ def resume_run(run_id: str, experiment: str, run_name: str = "") -> Iterator[Run
             f"{tracking_uri()}; retrain with `dvc repro -f train@{run_name or '<run>'}`"
         ) from None
     with mlflow.start_run(run_id=run_id) as active, _status_on_error():
+        _OPENED.append(run_id)
+        mlflow.set_tags(process_tags())  # this process writes it now
         yield active
 
 
@@ -157,12 +309,56 @@ def _status_on_error() -> Iterator[None]:
 
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through the stage's handler
+        mlflow.set_tag("deepfit.error", f"interrupted ({exc or 'SIGINT'})")
         mlflow.end_run(status="KILLED")
         raise
     except BaseException as exc:
         mlflow.set_tag("deepfit.error", f"{type(exc).__name__}: {exc}"[:5000])
         raise
+
+
+def record_failure(run_name: str, stage: str, message: str, raw: Any) -> str | None:
+    """Inside a DVC experiment, record a stage failure that happened before any MLflow run was
+    opened as a FAILED run ``<run>@<exp>`` with tag ``deepfit.error``; return its id.
+
+    ``raw`` is params.yaml as parsed (it may not validate): it supplies the experiment, the
+    run's model and dataset, and its settings as params, as far as they can be read. Outside
+    DVC experiments nothing is written.
+    """
+    if not os.environ.get("DVC_EXP_NAME"):
+        return None
+    from mlflow.tracking import MlflowClient
+
+    raw = raw if isinstance(raw, Mapping) else {}
+    block = _mapping(_mapping(raw.get("runs")).get(run_name))
+    section = _mapping(raw.get("mlflow")).get("experiment")
+    experiment = section if isinstance(section, str) and section else "deepfit"
+    tags = identity_tags(run_name, str(block.get("model", "?")), str(block.get("dataset", "?")))
+    tags.update({"deepfit.error": message[:5000], "deepfit.stage": stage})
+    found = _connect(experiment)
+    client = MlflowClient()
+    created = client.create_run(found.experiment_id, run_name=mlflow_run_name(run_name), tags=tags)
+    run_id = created.info.run_id
+    for key, value in _raw_run_params(raw, block).items():
+        client.log_param(run_id, key, str(_param_value(value))[:6000])
+    client.set_terminated(run_id, "FAILED")
+    log.info("recorded the failure as MLflow run %s (%s)", run_id, mlflow_run_name(run_name))
+    return run_id
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _raw_run_params(raw: Mapping[str, Any], block: Mapping[str, Any]) -> dict[str, Any]:
+    # The same keys as a validated run logs (model, dataset, arch.*, train.*), as written.
+    from deepfit.config import flatten, merge_train
+
+    train = merge_train(_mapping(raw.get("train")), _mapping(block.get("train")))
+    arch = {k: v for k, v in block.items() if k not in ("model", "dataset", "train")}
+    nested = {k: block[k] for k in ("model", "dataset") if k in block}
+    return flatten({**nested, "arch": arch, "train": train})
 
 
 def _param_value(value: Any) -> Any:

@@ -30,14 +30,16 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.keras"
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.json"
+GRADIENTS_FILE = "gradients.json"
 
 
 @dataclass(frozen=True)
 class TrainOutputs:
-    """Where one run's training writes: model folder, learning-curve data, figures."""
+    """Where one run's training writes: model folder, learning-curve and gradient data, figures."""
 
     model_dir: Path
     curves_dir: Path
+    gradients_dir: Path
     figures_dir: Path
 
     @classmethod
@@ -45,6 +47,7 @@ class TrainOutputs:
         return cls(
             model_dir=root / "models" / name,
             curves_dir=root / "reports" / "plots" / name / "curves",
+            gradients_dir=root / "reports" / "plots" / name / "gradients",
             figures_dir=root / "reports" / "figures" / name / "training",
         )
 
@@ -157,6 +160,41 @@ def fit(
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 
+def gradient_callback(
+    model: keras.Model, data: Prepared, cfg: TrainConfig, seed: int, generative: bool
+) -> keras.callbacks.Callback | None:
+    """Per-layer gradient norms each epoch on a fixed, seeded sample of the training split."""
+    if not cfg.gradients.enabled:
+        return None
+    import mlflow
+    import numpy as np
+
+    from deepfit.callbacks import GradientNorms, gan_gradient_probe, gradient_probe
+
+    x, y = data.train
+    n = min(cfg.gradients.samples, len(x))
+    pick = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
+    if generative:
+        probe = gan_gradient_probe(model, x[pick], seed)
+    else:
+        probe = gradient_probe(model, x[pick], y[pick])
+
+    def log(norms: dict[str, float], epoch: int) -> None:
+        mlflow.log_metrics({f"grad_norm.{k}": v for k, v in norms.items()}, step=epoch)
+
+    return GradientNorms(probe, log)
+
+
+def gradient_table(records: list[dict[str, float]]) -> str:
+    """Long-format CSV (epoch,layer,norm) of per-epoch gradient norms, for DVC plots."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["epoch", "layer", "norm"])
+    for epoch, norms in enumerate(records, start=1):
+        writer.writerows([epoch, layer, repr(norm)] for layer, norm in norms.items())
+    return buffer.getvalue()
+
+
 def curve_tables(history: dict[str, list[float]]) -> dict[str, str]:
     """One CSV per metric with columns epoch,train,val so DVC overlays train and validation."""
     tables = {}
@@ -188,6 +226,7 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
 
     from deepfit import figures, tracking
     from deepfit.callbacks import EpochMetricsLogger
+    from deepfit.recovery import DivergenceGuard, TrainingBackup
 
     spec = get_spec(run.model)
     keras.utils.set_random_seed(params.seeds.train)
@@ -196,27 +235,42 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
     compile_model(model, data.spec, run.train, steps, spec.generative)
 
     flat = {**run.flat(), "seeds.split": params.seeds.split, "seeds.train": params.seeds.train}
+    # A killed attempt left its last completed epoch here (outside DVC's outputs).
+    backup = TrainingBackup.for_run(run, params, data.manifest)
     # Outputs are staged and swapped in only when everything, MLflow included, has succeeded.
     with (
-        tracking.start_run(run, params.mlflow.experiment, flat) as active,
+        tracking.start_run(run, params.mlflow.experiment, flat, tags=backup.tags()) as active,
         atomic_dir(out.model_dir) as model_dir,
         atomic_dir(out.figures_dir) as figures_dir,
         atomic_dir(out.curves_dir) as curves_dir,
+        atomic_dir(out.gradients_dir) as gradients_dir,
     ):
         import mlflow
 
-        callbacks = [*standard_callbacks(run.train, spec.generative), EpochMetricsLogger()]
+        callbacks = [
+            DivergenceGuard(on_diverge=backup.clear),  # first: raises before anything logs NaN
+            *standard_callbacks(run.train, spec.generative),
+            EpochMetricsLogger(),
+        ]
+        gradients = gradient_callback(model, data, run.train, params.seeds.train, spec.generative)
+        if gradients is not None:
+            callbacks.append(gradients)
         if spec.generative:
             callbacks.append(_sample_grid(run, params, figures_dir))
+        callbacks.append(
+            backup.attach(active.info.run_id, callbacks, figures_dir, mlflow.log_metrics)
+        )
         started = time.perf_counter()
-        history = fit(model, data, run.train, callbacks, spec.generative)
-        seconds = time.perf_counter() - started
+        fit(model, data, run.train, callbacks, spec.generative)
+        history = backup.history  # every epoch, also those of an interrupted attempt
+        seconds = time.perf_counter() - started + backup.seconds_before
         _check_finite(model, history)
 
         epochs = len(next(iter(history.values())))
         summary = {
             "run": run.name,
             "mlflow_run_id": active.info.run_id,
+            "run_name": active.info.run_name,
             "mlflow_experiment_id": active.info.experiment_id,
             "epochs": epochs,
             "best_epoch": best_epoch(history, spec.generative),
@@ -230,6 +284,11 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
         figures.run_curves_png(history, figures_dir / "learning_curves.png", title=run.name)
         for metric, table in curve_tables(history).items():
             (curves_dir / f"{metric}.csv").write_text(table)
+        records = gradients.records if gradients is not None else []
+        (gradients_dir / "norms.csv").write_text(gradient_table(records))
+        if records:
+            write_json(model_dir / GRADIENTS_FILE, records)
+            figures.gradient_norms_png(records, figures_dir / "gradients.png", title=run.name)
 
         mlflow.log_metrics(
             {
@@ -241,6 +300,7 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
         )
         mlflow.log_artifacts(str(figures_dir), artifact_path="figures/training")
         _log_model(spec.generative, model, data.val[0][:5])
+    backup.clear()
     log.info(
         "%s: %d epochs in %.1fs, best epoch %d",
         run.name,

@@ -98,6 +98,17 @@ def load_prepared(directory: Path) -> Prepared:
     )
 
 
+def check_batch_size(data: Prepared, batch_size: int, key: str) -> None:
+    """DataError naming ``key`` when one batch would hold more than the whole training split."""
+    samples = len(data.train[0])
+    if batch_size > samples:
+        name = data.manifest.get("dataset", "the dataset")
+        raise DataError(
+            f"{key}: {batch_size} is larger than the {samples} training samples of {name}; "
+            f"use at most {samples}"
+        )
+
+
 def _load_split(directory: Path, info: Mapping[str, Any]) -> dict[str, np.ndarray]:
     path = directory / info["file"]
     if not path.is_file():

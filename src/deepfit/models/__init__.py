@@ -11,7 +11,7 @@ import pkgutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deepfit.models.base import ModelSpec
+from deepfit.models.base import ModelFileError, ModelSpec
 
 if TYPE_CHECKING:
     import keras
@@ -44,12 +44,31 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def load_model(path: Path, name: str) -> keras.Model:
-    """Load a saved ``.keras`` model of architecture ``name`` (safe mode: no code in the file)."""
+    """Load a saved ``.keras`` model of architecture ``name`` in safe mode: a file that holds
+    Python code (a ``Lambda`` layer) is refused, and other formats (HDF5, pickles) are not read.
+    """
+    import zipfile
+
     import keras
 
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ModelFileError(f"{path}: only .keras model files are loaded")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: not found; rerun the train stage that writes it")
     factory = get_spec(name).extra.get("custom_objects")
     custom = factory() if factory else None
-    return keras.saving.load_model(path, custom_objects=custom, safe_mode=True)
+    try:
+        return keras.saving.load_model(path, custom_objects=custom, safe_mode=True)
+    except ValueError as exc:
+        if "safe_mode" not in str(exc):
+            raise
+        raise ModelFileError(
+            f"{path}: refused: it holds Python code (a Lambda layer or a pickled function), "
+            "which deepfit never loads"
+        ) from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelFileError(f"{path}: not a readable .keras file ({exc})") from None
 
 
-__all__ = ["REGISTRY", "ModelSpec", "get_spec", "load_model"]
+__all__ = ["REGISTRY", "ModelFileError", "ModelSpec", "get_spec", "load_model"]

@@ -49,6 +49,10 @@ ActivationSpec = Activation | list[Activation]  # one name for all hidden layers
 Task = Literal["classification", "regression"]
 
 
+class ModelFileError(ValueError):
+    """A saved model that cannot or must not be loaded; the message names the file."""
+
+
 class ArchConfig(BaseModel):
     """Base of every architecture's config: strict (unknown keys and wrong types are errors)."""
 

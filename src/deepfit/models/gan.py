@@ -174,12 +174,16 @@ def gan_class() -> type[keras.Model]:
             images = self.generator(self.noise(n, seed), training=False)
             return ops.convert_to_numpy(images)
 
-        def _gan_losses(self, real: Any, training: bool) -> tuple[Any, Any]:
-            """Discriminator and generator losses on one batch of real images."""
-            fake = self.generator(self.noise(ops.shape(real)[0]), training=training)
+        def losses(self, real: Any, z: Any, training: bool = False) -> tuple[Any, Any]:
+            """Discriminator and generator losses on real images and generator noise ``z``."""
+            fake = self.generator(z, training=training)
             real_logits = self.discriminator(real, training=training)
             fake_logits = self.discriminator(fake, training=training)
             return self._d_loss(real_logits, fake_logits), self._g_loss(fake_logits)
+
+        def _gan_losses(self, real: Any, training: bool) -> tuple[Any, Any]:
+            """Discriminator and generator losses on one batch of real images."""
+            return self.losses(real, self.noise(ops.shape(real)[0]), training)
 
         def _d_loss(self, real_logits: Any, fake_logits: Any) -> Any:
             real_target = ops.full_like(real_logits, 1.0 - self.label_smoothing)

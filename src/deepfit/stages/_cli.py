@@ -1,15 +1,21 @@
-"""What every stage shares: logging set-up and turning known failures into one-line errors."""
+"""What every stage shares: logging set-up, signals, and turning failures into one-line errors."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 from deepfit.config import ConfigError
 from deepfit.data import DataError
+from deepfit.models import ModelFileError
+from deepfit.outputs import NonFiniteError
 from deepfit.tracking import TrackingError
 
 # Failures a user can fix from the message alone: shown as one line, exit status 2.
@@ -17,8 +23,16 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     DataError,
     FloatingPointError,
+    ModelFileError,
+    NonFiniteError,
     TrackingError,
 )
+# The machine's fault, not the code's (disk full, read-only, no permission): one line, exit 1.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that open MLflow runs end as KILLED and temporaries go."""
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -30,17 +44,86 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 @contextmanager
-def stage(name: str) -> Iterator[logging.Logger]:
-    """Configure logging for a stage process; report user errors in one line and exit 2."""
+def stage(
+    name: str, *, runs: list[str] | None = None, dataset: str | None = None, params: str = ""
+) -> Iterator[logging.Logger]:
+    """Configure logging and signals for a stage process; report failures in one line.
+
+    User errors exit 2, environment errors (disk full, …) exit 1, SIGINT 130, SIGTERM 143. Inside
+    a DVC experiment, a failure before any MLflow run was opened is recorded as a FAILED MLflow
+    run for each of ``runs`` (or, for ``dataset``, each run declared on it).
+    """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     logger = logging.getLogger(f"deepfit.{name}")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         yield logger
+    except KeyboardInterrupt as exc:
+        print(f"deepfit {name}: interrupted ({exc or 'SIGINT'})", file=sys.stderr)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
     except USER_ERRORS as exc:
-        print(f"deepfit {name}: error: {exc}", file=sys.stderr)
+        message = one_line(exc)
+        _record(name, message, runs, dataset, params)
+        print(f"deepfit {name}: error: {message}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"deepfit {name}: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            _record(name, one_line(exc), runs, dataset, params)
+            raise
+        message = one_line(exc)
+        _record(name, message, runs, dataset, params)
+        print(f"deepfit {name}: error: {message}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:
+        _record(name, f"{type(exc).__name__}: {one_line(exc)}", runs, dataset, params)
+        raise
+
+
+def deterministic_ops() -> None:
+    """TensorFlow op determinism for this process: same params and seeds, same numbers."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception message squeezed onto one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated("SIGTERM")
+
+
+def _record(
+    stage: str, message: str, runs: list[str] | None, dataset: str | None, params: str
+) -> None:
+    """A failed DVC experiment stays visible in MLflow (never masks the original error)."""
+    if not os.environ.get("DVC_EXP_NAME"):
+        return
+    from deepfit import tracking
+
+    if tracking.opened_runs():
+        return  # the run's own MLflow run already says FAILED, with the reason
+    try:
+        from deepfit.config import read_yaml
+
+        raw = read_yaml(params or "params.yaml")
+    except ConfigError:
+        raw = {}
+    names = list(runs or [])
+    if dataset is not None and isinstance(raw, dict):
+        declared = raw.get("runs") if isinstance(raw.get("runs"), dict) else {}
+        names = [
+            n for n, b in declared.items() if isinstance(b, dict) and b.get("dataset") == dataset
+        ]
+    for run in names:
+        try:
+            tracking.record_failure(run, stage, message, raw)
+        except Exception as exc:  # the store may be the problem; the stage error matters more
+            logging.getLogger("deepfit").warning(
+                "could not record the failure in MLflow: %s", one_line(exc)
+            )

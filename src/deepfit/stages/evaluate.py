@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deepfit.stages._cli import parser, stage
+from deepfit.stages._cli import deterministic_ops, parser, stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,14 +14,18 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--run", required=True, help="a name declared under runs:")
     cli.add_argument("--scorer", default="models/_scorer", help="GAN scorer model folder")
     args = cli.parse_args(argv)
+    # Not recorded as a failed experiment run: training's MLflow run exists and is reopened.
     with stage(f"evaluate@{args.run}") as log:
+        from deepfit import tracking
         from deepfit.config import load_params
         from deepfit.data import load_prepared
 
         params = load_params(args.params)
         run = params.run(args.run)
         data = load_prepared(Path("data/prepared") / run.dataset)
+        tracking.check_reachable()
 
+        deterministic_ops()
         from deepfit.evaluator import EvalOutputs, evaluate_run
 
         out = EvalOutputs.for_run(run.name)

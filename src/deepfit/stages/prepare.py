@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser(__doc__)
     cli.add_argument("--dataset", required=True, help="a name declared under datasets:")
     args = cli.parse_args(argv)
-    with stage(f"prepare@{args.dataset}") as log:
+    with stage(f"prepare@{args.dataset}", dataset=args.dataset, params=args.params) as log:
         from deepfit.config import load_params
         from deepfit.data import prepare_dataset
 

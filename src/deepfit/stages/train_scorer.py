@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deepfit.stages._cli import parser, stage
+from deepfit.stages._cli import deterministic_ops, parser, stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         data = load_prepared(Path("data/prepared") / params.scorer.dataset)
 
+        deterministic_ops()
         from deepfit.scoring import train_scorer
 
         info = train_scorer(params.scorer, data, Path(args.out))

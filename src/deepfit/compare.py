@@ -1,0 +1,396 @@
+"""``deepfit compare``: one table over the MLflow runs of the workspace and of DVC experiments.
+
+Rows come from MLflow's client (never SQL); each row is one MLflow run with its key metric (from
+the ``deepfit.evaluation`` tag and ``evaluator.KEY_METRICS``), chosen params and fit verdict.
+Imported only by the ``compare`` subcommand: it pulls in pandas and MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from deepfit.evaluator import KEY_METRICS
+from deepfit.outputs import write_text
+
+# Params shown by default, under short headers so the table fits 100-120 columns.
+DEFAULT_PARAMS = {
+    "arch.activation": "activation",
+    "train.optimizer.name": "optimizer",
+    "train.optimizer.learning_rate": "lr",
+}
+FAILED_STATUSES = ("FAILED", "KILLED")
+WORKSPACE = "workspace"  # --exp value for runs made outside any DVC experiment
+_TAGS = {
+    "exp": "dvc_exp_name",
+    "run": "deepfit.run",
+    "model": "deepfit.model",
+    "dataset": "deepfit.dataset",
+    "fit": "deepfit.fit.verdict",
+    "error": "deepfit.error",
+}
+# The terminal and markdown show `name` (`<run>@<exp>`); CSV also has exp, run, run_id, start.
+_SHOWN = ["name", "model", "dataset", "status", "metric", "value", "baseline"]
+_CSV_ONLY = ["exp", "run", "run_id", "start"]
+_INFO = {"run_id": "run_id", "name": "run_name", "status": "status", "start_time": "start_time"}
+
+
+class CompareError(ValueError):
+    """A problem the user can fix from the one-line message."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to select and how to order it; mirrors the ``deepfit compare`` flags."""
+
+    runs: Sequence[str] = ()
+    models: Sequence[str] = ()
+    datasets: Sequence[str] = ()
+    exps: Sequence[str] = ()
+    where: Sequence[str] = ()
+    sort: str | None = None
+    descending: bool = False
+    best_per: str | None = None
+    columns: Sequence[str] = ()
+    params: Sequence[str] = field(default_factory=lambda: list(DEFAULT_PARAMS))
+
+
+# --- reading the store ------------------------------------------------------------------------
+
+
+def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    """Every active run of ``experiment``: info, ``metrics.*``, ``params.*``, ``tags.*`` columns."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    _check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            names = ", ".join(e.name for e in client.search_experiments()) or "none"
+            raise CompareError(
+                f"no experiment {experiment!r} in {tracking_uri} (experiments there: {names})"
+            )
+        runs, token = [], None
+        while True:
+            page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    except MlflowException as exc:
+        raise CompareError(f"cannot read {tracking_uri}: {_first_line(exc.message)}") from None
+    return runs_frame(runs)
+
+
+def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
+    """MLflow ``Run`` objects as one row each, with the table's own columns added."""
+    rows = []
+    for run in runs:
+        row = {column: getattr(run.info, attr) for column, attr in _INFO.items()}
+        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+        row.update({f"params.{k}": v for k, v in run.data.params.items()})
+        row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+        rows.append(row)
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(_INFO))
+    return _with_table_columns(frame)
+
+
+def _check_reachable(uri: str) -> None:
+    # MLflow retries an unreachable server for minutes; a CLI should say so at once.
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
+        except urllib.error.HTTPError:
+            pass  # the server answered; a proxy may not route /health
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CompareError(f"cannot reach the MLflow server at {uri}: {reason}") from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():  # MLflow would create an empty store there
+            raise CompareError(f"no MLflow store at {path}; run the pipeline first (make run)")
+
+
+def _first_line(text: str) -> str:
+    return (str(text).strip().splitlines() or [""])[0][:300]
+
+
+def _with_table_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    for column, tag in _TAGS.items():
+        frame[column] = frame.get(f"tags.{tag}")
+    for param, header in DEFAULT_PARAMS.items():
+        frame[header] = frame.get(f"params.{param}")
+    frame["start"] = [_start(ms) for ms in frame["start_time"]]
+    kinds = frame.get("tags.deepfit.evaluation", pd.Series([None] * len(frame)))
+    keys = [KEY_METRICS.get(kind) if isinstance(kind, str) else None for kind in kinds]
+    frame["metric"] = [k[0] if k else None for k in keys]
+    frame["value"] = [_metric(frame, i, k[0]) if k else math.nan for i, k in enumerate(keys)]
+    frame["baseline"] = [_metric(frame, i, k[1]) if k else math.nan for i, k in enumerate(keys)]
+    # Lower is better after this sign flip, whatever the metric's direction.
+    frame["_rank"] = [
+        (-v if k[2] == "higher" else v) if k else math.nan
+        for v, k in zip(frame["value"], keys, strict=True)
+    ]
+    return frame
+
+
+def _metric(frame: pd.DataFrame, index: int, name: str) -> float:
+    column = f"metrics.{name}"
+    return frame[column].iloc[index] if column in frame else math.nan
+
+
+def _start(ms: Any) -> str:
+    if ms is None or (isinstance(ms, float) and math.isnan(ms)):
+        return ""
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
+
+
+# --- selecting and ordering -------------------------------------------------------------------
+
+
+def resolve(frame: pd.DataFrame, key: str, what: str = "column") -> str:
+    """The frame column a user's key names: a table column, then a metric, a param, a tag."""
+    for candidate in (key, f"metrics.{key}", f"params.{key}", f"tags.{key}"):
+        if candidate in frame.columns and not candidate.startswith("_"):
+            return candidate
+    metrics = sorted(c.removeprefix("metrics.") for c in frame.columns if c.startswith("metrics."))
+    hint = f"; metrics here: {_some(metrics)}" if metrics else ""
+    raise CompareError(f"unknown {what} {key!r}: not a column, metric, param or tag{hint}")
+
+
+def select(frame: pd.DataFrame, options: Options) -> pd.DataFrame:
+    """Rows matching every filter: --run, --model, --dataset, --exp and each --where."""
+    keep = pd.Series(True, index=frame.index)
+    for column, wanted in (
+        ("run", options.runs),
+        ("model", options.models),
+        ("dataset", options.datasets),
+    ):
+        if wanted:
+            keep &= frame[column].isin(_split(wanted))
+    if options.exps:
+        exps = _split(options.exps)
+        in_workspace = frame["exp"].isna() & (WORKSPACE in exps)
+        keep &= frame["exp"].isin(exps) | in_workspace
+    for condition in options.where:
+        key, value = _parse_where(condition)
+        column = resolve(frame, key, "--where key")
+        keep &= frame[column].map(lambda cell, value=value: _same(cell, value))
+    return frame[keep]
+
+
+def _split(values: Sequence[str]) -> list[str]:
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _parse_where(condition: str) -> tuple[str, str]:
+    key, sep, value = condition.partition("=")
+    if not sep or not key.strip():
+        raise CompareError(f"--where {condition!r}: expected KEY=VALUE, e.g. arch.activation=relu")
+    return key.strip(), value.strip()
+
+
+def _same(cell: Any, value: str) -> bool:
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+        return False
+    if str(cell) == value:
+        return True
+    try:
+        return float(cell) == float(value)  # 1e-3 matches the logged 0.001
+    except ValueError:
+        return False
+
+
+def best_per(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The best finished run per value of ``key`` by its key metric and direction.
+
+    Key metrics are comparable only on the same dataset and metric, so those split a group too
+    (``--best-per model`` gives one row for rnn on sunspots and one for rnn on adding).
+    """
+    column = resolve(frame, key, "--best-per key")
+    ranked = frame[(frame["status"] == "FINISHED") & frame["_rank"].notna()]
+    ranked = ranked.sort_values(["_rank", "start_time"], ascending=[True, False])
+    return ranked.drop_duplicates([column, "dataset", "metric"])
+
+
+def order(frame: pd.DataFrame, sort: str | None = None, descending: bool = False) -> pd.DataFrame:
+    """By ``sort`` (missing values last), else by run, best key metric first, newest first."""
+    if sort is None:
+        return frame.sort_values(
+            ["run", "_rank", "start_time"], ascending=[True, True, False], na_position="last"
+        )
+    column = resolve(frame, sort, "sort metric")
+    values = frame[column]
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.notna().sum() == values.notna().sum():
+        values = numbers  # params are strings in MLflow; sort "0.01" and "0.1" as numbers
+    return frame.assign(_sort=values).sort_values(
+        "_sort", ascending=not descending, na_position="last", kind="stable"
+    )
+
+
+def compare_table(frame: pd.DataFrame, options: Options) -> pd.DataFrame:
+    """The selected, ordered rows with the table's columns; headers as the user named them."""
+    rows = select(frame, options)
+    if options.best_per:
+        rows = best_per(rows, options.best_per)
+    rows = order(rows, options.sort, options.descending)
+    headers = [DEFAULT_PARAMS.get(p, p) for p in options.params]
+    columns = {c: c for c in _SHOWN} | {h: resolve(frame, h) for h in headers} | {"fit": "fit"}
+    columns |= {key: resolve(frame, key) for key in _split(options.columns)}
+    if options.sort and resolve(frame, options.sort) not in columns.values():
+        columns[options.sort] = resolve(frame, options.sort)  # show what the rows are sorted by
+    hidden = [c for c in _CSV_ONLY if c not in columns]
+    columns |= {c: c for c in hidden}
+    table = rows[list(columns.values())].copy()
+    table.columns = list(columns)
+    return _hide(table.reset_index(drop=True), hidden)
+
+
+def failed_table(frame: pd.DataFrame, options: Options) -> pd.DataFrame:
+    """Selected runs that ended FAILED or KILLED, newest first, with their ``deepfit.error``."""
+    rows = select(frame, options)
+    rows = rows[rows["status"].isin(FAILED_STATUSES)].sort_values("start_time", ascending=False)
+    columns = ["name", "model", "dataset", "status", "start", "error", "exp", "run", "run_id"]
+    return _hide(rows[columns].reset_index(drop=True), ["exp", "run", "run_id"])
+
+
+def _hide(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    table.attrs["csv_only"] = columns  # in the CSV, not in the terminal or markdown table
+    return table
+
+
+def _some(names: Sequence[str], limit: int = 12) -> str:
+    more = f", … ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def text_table(table: pd.DataFrame, max_cell: int = 60) -> str:
+    """Aligned plain-text table, numbers right-aligned, CSV-only columns left out.
+
+    Cells are cut at ``max_cell`` characters, except in the last column (an error message).
+    """
+    table = _shown(table)
+    headers = list(table.columns)
+    numeric = [_is_numeric(table[c]) for c in headers]
+    cells = [
+        [_cell(v)[:max_cell] for v in row[:-1]] + [_cell(row[-1])]
+        for row in table.itertuples(index=False)
+    ]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    rules = ["-" * w for w in widths]
+    return "\n".join([line(headers), line(rules), *(line(r) for r in cells)]) + "\n"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The terminal table as GitHub markdown."""
+    table = _shown(table)
+    headers = list(table.columns)
+    align = ["---:" if _is_numeric(table[c]) else "---" for c in headers]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(table: pd.DataFrame) -> str:
+    """Every column, numbers at full precision."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(table.columns)
+    for row in table.itertuples(index=False):
+        writer.writerow(["" if _missing(v) else v for v in row])
+    return buffer.getvalue()
+
+
+def write_table(table: pd.DataFrame, path: Path, fmt: str) -> Path:
+    """Write ``table`` atomically as ``markdown`` or ``csv``."""
+    text = markdown_table(table) if fmt == "markdown" else csv_text(table)
+    return write_text(Path(path), text)
+
+
+def curves_png(
+    tracking_uri: str, table: pd.DataFrame, metric: str, path: Path, title: str = ""
+) -> Path:
+    """Overlay ``metric`` per epoch (MLflow step) of every run in ``table``; write one PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    fig = Figure(figsize=(8, 5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    drawn = 0
+    for run_id, name in zip(table["run_id"], table["name"], strict=True):
+        history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
+        if history:
+            ax.plot([m.step for m in history], [m.value for m in history], label=name)
+            drawn += 1
+    if not drawn:
+        raise CompareError(f"none of the {len(table)} selected runs has a {metric!r} history")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncols=1 + drawn // 16)
+    return _save_png(fig, Path(path))
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    hidden = table.attrs.get("csv_only", [])
+    return table[[c for c in table.columns if c not in hidden]]
+
+
+def _cell(value: Any) -> str:
+    if _missing(value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return _first_line(value) if isinstance(value, str) else str(value)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _is_numeric(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)

@@ -1,0 +1,246 @@
+"""Classic fit studies: one base model trained in several variants on the same data.
+
+``capacity`` varies the model's size, ``regularisation`` its regularisers, ``activation`` its
+activation function; every variant gets the same fit verdict as a pipeline run (see
+``deepfit.diagnosis``). A study writes ``reports/studies/<study>.md`` and ``.csv`` (one row per
+variant), the figure ``reports/figures/studies/<study>.png``, and an MLflow parent run
+``study:<study>`` with one child run per variant.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deepfit import diagnosis, figures
+from deepfit.config import Params, StudyConfig
+from deepfit.data import DataError
+from deepfit.models import get_spec
+from deepfit.outputs import write_text
+from deepfit.training import compile_model, fit, gradient_callback, standard_callbacks
+
+if TYPE_CHECKING:
+    from deepfit.config import RunConfig
+    from deepfit.data import Prepared
+
+log = logging.getLogger(__name__)
+
+# Columns of the study table, in order (the CSV has them all; the markdown a readable subset).
+COLUMNS = (
+    "variant",
+    "params",
+    "epochs",
+    "best_epoch",
+    "train_loss_last",
+    "val_loss_best",
+    "val_loss_last",
+    "gap_best",
+    "skill_gap",
+    "val_rise",
+    "train_skill",
+    "val_error_best",
+    "train_error_last",
+    "grad_first_epoch1",
+    "grad_first_median",
+    "grad_last_median",
+    "vanished",
+    "verdict",
+    "reasons",
+    "seconds",
+)
+
+
+@dataclass(frozen=True)
+class StudyOutputs:
+    table: Path
+    csv: Path
+    figure: Path
+
+    @classmethod
+    def for_study(cls, name: str, root: Path = Path()) -> StudyOutputs:
+        return cls(
+            table=root / "reports" / "studies" / f"{name}.md",
+            csv=root / "reports" / "studies" / f"{name}.csv",
+            figure=root / "reports" / "figures" / "studies" / f"{name}.png",
+        )
+
+
+def subsample(data: Prepared, size: int | None, seed: int) -> Prepared:
+    """``data`` with a seeded random ``size`` of its training split (all of it for None)."""
+    import numpy as np
+
+    x, y = data.train
+    if size is None:
+        return data
+    if size > len(x):
+        raise DataError(f"train_size: {size} is larger than the training split ({len(x)} samples)")
+    pick = np.sort(np.random.default_rng(seed).choice(len(x), size=size, replace=False))
+    return replace(data, train=(x[pick], y[pick]))
+
+
+def run_study(
+    study: StudyConfig, params: Params, data: Prepared, out: StudyOutputs
+) -> list[dict[str, Any]]:
+    """Train every variant, judge its fit, and write the study's table, figure and MLflow runs."""
+    from deepfit import tracking
+
+    try:
+        data = subsample(data, study.train_size, params.seeds.split)
+    except DataError as exc:
+        raise DataError(f"studies.{study.name}.{exc}") from None
+    reference = diagnosis.reference_losses(data.train[1], data.val[1], data.spec.task)
+    metric = "accuracy" if data.spec.task == "classification" else None
+    flat = {"study.kind": study.kind, "study.train_size": study.train_size or len(data.train[0])}
+    points, histories, gradients = [], {}, {}
+    with tracking.start_run(
+        study.base,
+        params.mlflow.experiment,
+        flat,
+        name=f"study:{study.name}",
+        tags={"deepfit.study": study.name, "deepfit.study.kind": study.kind},
+    ):
+        import mlflow
+
+        for i, (name, run) in enumerate(study.variants.items(), start=1):
+            log.info("%s: variant %d/%d: %s", study.name, i, len(study.variants), name)
+            point, history, records = _variant(study, name, run, params, data, reference, metric)
+            points.append(point)
+            histories[name] = history
+            gradients[name] = records
+        table = markdown_table(study, points)
+        write_text(out.csv, csv_table(points))
+        write_text(out.table, table)
+        figures.study_png(study.kind, points, histories, gradients, out.figure, study.name)
+        mlflow.log_artifact(str(out.table), artifact_path="study")
+        mlflow.log_artifact(str(out.csv), artifact_path="study")
+        mlflow.log_artifact(str(out.figure), artifact_path="study")
+    return points
+
+
+def _variant(
+    study: StudyConfig,
+    name: str,
+    run: RunConfig,
+    params: Params,
+    data: Prepared,
+    reference: tuple[float, float],
+    metric: str | None,
+) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[str, float]]]:
+    import keras
+    import mlflow
+
+    from deepfit import tracking
+    from deepfit.callbacks import EpochMetricsLogger
+
+    spec = get_spec(run.model)
+    keras.utils.set_random_seed(params.seeds.train)
+    model = spec.build(run.arch, data.spec)
+    steps = -(-len(data.train[0]) // run.train.batch_size)
+    compile_model(model, data.spec, run.train, steps, generative=False)
+    flat = {**run.flat(), "seeds.split": params.seeds.split, "seeds.train": params.seeds.train}
+    tags = {"deepfit.study": study.name, "deepfit.variant": name}
+    with tracking.start_run(
+        run, params.mlflow.experiment, flat, name=f"{study.name}/{name}", tags=tags, nested=True
+    ):
+        # Without early stopping the last epoch's weights stay: the study shows what training
+        # for that long does, including overfitting.
+        callbacks = (
+            standard_callbacks(run.train, generative=False)
+            if run.train.early_stopping.enabled
+            else [keras.callbacks.TerminateOnNaN()]
+        )
+        callbacks.append(EpochMetricsLogger())
+        grads = gradient_callback(model, data, run.train, params.seeds.train, generative=False)
+        if grads is not None:
+            callbacks.append(grads)
+        started = time.perf_counter()
+        history = fit(model, data, run.train, callbacks, generative=False)
+        seconds = time.perf_counter() - started
+        records = grads.records if grads is not None else []
+        verdict = diagnosis.diagnose(history, params.fit, reference, metric=metric)
+        grad_summary = diagnosis.gradient_summary(records, params.fit)
+        metrics, fit_tags = diagnosis.mlflow_payload(verdict, grad_summary)
+        mlflow.log_metrics({**metrics, "n_params": model.count_params()})
+        mlflow.set_tags(fit_tags)
+    log.info("%s/%s: %s (%s)", study.name, name, verdict["verdict"], verdict["reasons"])
+    point = {
+        "variant": name,
+        "params": int(model.count_params()),
+        **{k: verdict[k] for k in COLUMNS if k in verdict},
+        "seconds": round(seconds, 2),
+    }
+    if metric:
+        point["val_error_best"] = 1 - verdict[f"val_{metric}_best"]
+        point["train_error_last"] = 1 - verdict[f"train_{metric}_last"]
+    if grad_summary:
+        point["grad_first_epoch1"] = grad_summary["first_norm_epoch1"]
+        point["grad_first_median"] = grad_summary["first_norm_median"]
+        point["grad_last_median"] = grad_summary["last_norm_median"]
+        point["vanished"] = grad_summary["vanished"]
+    return point, history, records
+
+
+def csv_table(points: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n", restval="")
+    writer.writeheader()
+    writer.writerows(points)
+    return buffer.getvalue()
+
+
+def markdown_table(study: StudyConfig, points: list[dict[str, Any]]) -> str:
+    """The study's table: size, losses at the last and best epochs, gap, gradients, verdict."""
+    show = [
+        ("variant", "variant", str),
+        ("params", "parameters", lambda v: f"{v:,}"),
+        ("best_epoch", "best epoch", str),
+        ("train_loss_last", "train loss (last)", _g),
+        ("val_loss_best", "val loss (best)", _g),
+        ("val_loss_last", "val loss (last)", _g),
+        ("skill_gap", "skill gap", _f),
+        ("val_rise", "val rise", lambda v: f"{v:.0%}"),
+        ("val_error_best", "val error (best)", _f),
+    ]
+    if study.kind == "activation":
+        show += [
+            ("grad_first_epoch1", "first-layer grad (epoch 1)", _g),
+            ("vanished", "vanished layers", lambda v: v or "none"),
+        ]
+    show.append(("verdict", "verdict", lambda v: f"**{v}**"))
+    header = "| " + " | ".join(title for _, title, _ in show) + " |\n"
+    header += (
+        "|"
+        + "|".join("---" if k in {"variant", "verdict", "vanished"} else "---:" for k, _, _ in show)
+        + "|\n"
+    )
+    lines = []
+    for p in points:
+        lines.append(
+            "| "
+            + " | ".join(fmt(p[k]) if p.get(k) is not None else "n/a" for k, _, fmt in show)
+            + " |"
+        )
+    size = f"{study.train_size} training samples" if study.train_size else "the full training split"
+    return (
+        f"# Study `{study.name}` ({study.kind})\n\n"
+        f"`{study.base.model}` on `{study.dataset}` with {size}; one row per variant. "
+        "Verdict rules: `src/deepfit/diagnosis.py` and the README.\n\n"
+        + header
+        + "\n".join(lines)
+        + "\n\nReasons:\n\n"
+        + "\n".join(f"- {p['variant']}: {p['reasons']}" for p in points)
+        + f"\n\n![{study.name}](../figures/studies/{study.name}.png)\n"
+    )
+
+
+def _g(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _f(value: float) -> str:
+    return f"{value:.3f}"

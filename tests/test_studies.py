@@ -1,0 +1,178 @@
+"""Fit studies: their params, a tiny real study end to end, and per-layer gradient norms."""
+
+from __future__ import annotations
+
+import copy
+import csv
+from pathlib import Path
+
+import pytest
+
+from deepfit.config import ConfigError, load_params, parse_params, read_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def raw() -> dict:
+    return copy.deepcopy(read_yaml(ROOT / "params.yaml"))
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_params(raw)
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+def test_default_studies_resolve_variants_over_their_base():
+    params = load_params(ROOT / "params.yaml")
+    assert set(params.studies) == {"capacity", "regularisation", "activation"}
+    capacity = params.study("capacity")
+    widths = [v.arch.units for v in capacity.variants.values()]
+    assert widths == sorted(widths, key=lambda u: u[0]) and len(widths) >= 5
+    assert all(
+        v.arch.activation == capacity.base.arch.activation for v in capacity.variants.values()
+    )
+    reg = params.study("regularisation").variants
+    assert reg["dropout"].arch.dropout == 0.5 and reg["none"].arch.dropout == 0.0
+    assert reg["early_stopping"].train.early_stopping.enabled
+    assert not reg["none"].train.early_stopping.enabled
+    activations = {v.arch.activation for v in params.study("activation").variants.values()}
+    assert {"relu", "sigmoid", "tanh"} <= activations
+    assert params.fit.overfit_rise == 0.1
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda s: s.update(kind="size"), "studies.capacity.kind"),
+        (lambda s: s.update(colour="red"), "studies.capacity.colour: unknown key"),
+        (lambda s: s.update(train_size=0), "studies.capacity.train_size"),
+        (lambda s: s["base"].update(model="gan"), "studies.capacity.base.model"),
+        (lambda s: s["base"].update(dataset="nope"), "studies.capacity.base.dataset"),
+        (
+            lambda s: s["variants"].update(width_1={"unitz": [1]}),
+            "studies.capacity.variants.width_1.unitz: unknown key",
+        ),
+        (
+            lambda s: s["variants"].update(width_1={"dataset": "sunspots"}),
+            "studies.capacity.variants.width_1: a variant keeps the base model and dataset",
+        ),
+        (
+            lambda s: s.update(variants={"only": {}}),
+            "studies.capacity.variants: declare at least two variants",
+        ),
+        (lambda s: s.update(variants=[1, 2]), "studies.capacity.variants: expected a mapping"),
+    ],
+)
+def test_bad_study_params_name_the_key(raw, edit, expected):
+    edit(raw["studies"]["capacity"])
+    assert expected in error_of(raw)
+
+
+def test_bad_fit_thresholds_name_the_key(raw):
+    raw["fit"]["overfit_gap"] = 0
+    assert "fit.overfit_gap" in error_of(raw)
+    raw["fit"] = {"overfit_gap": 0.1, "overfitt_rise": 0.1}
+    assert "fit.overfitt_rise: unknown key" in error_of(raw)
+
+
+def test_unknown_study_lists_declared_ones():
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(ConfigError, match="declared studies: capacity, regularisation"):
+        params.study("dropout")
+
+
+def test_gradient_norms_show_sigmoid_vanishing_where_relu_does_not():
+    """A real 6-layer FNN: the sigmoid stack's first layer gets far less gradient than relu's."""
+    import keras
+    import numpy as np
+
+    from deepfit.callbacks import gradient_probe
+    from deepfit.diagnosis import gradient_summary
+    from deepfit.models import get_spec
+    from deepfit.models.base import DataSpec
+
+    params = load_params(ROOT / "params.yaml")
+    spec = DataSpec(input_shape=(8, 8, 1), kind="image", task="classification", n_outputs=10)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, size=(128, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=128)
+    first = {}
+    for activation in ("relu", "sigmoid"):
+        cfg = params.study("activation").variants[activation].arch
+        keras.utils.set_random_seed(1)
+        model = get_spec("fnn").build(cfg, spec)
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        norms = gradient_probe(model, x, y)()
+        assert list(norms) == [f"hidden_{i}" for i in range(1, 7)] + ["output"]
+        assert all(np.isfinite(v) and v > 0 for v in norms.values())
+        first[activation] = norms["hidden_1"]
+        if activation == "sigmoid":
+            assert "hidden_1" in gradient_summary([norms], params.fit)["vanished"]
+    assert first["sigmoid"] * 10 < first["relu"]
+
+
+def test_tiny_study_writes_table_figure_and_grouped_mlflow_runs(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from deepfit.data import load_prepared, prepare_dataset
+    from deepfit.studies import StudyOutputs, run_study
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    raw = read_yaml(ROOT / "params.yaml")
+    study = raw["studies"]["regularisation"]
+    study["train_size"] = 60
+    study["base"]["units"] = [16]
+    study["base"]["train"]["epochs"] = 3
+    params = parse_params(raw)
+    prepare_dataset("digits", params.dataset("digits"), 0, tmp_path / "prepared", tmp_path / "raw")
+    data = load_prepared(tmp_path / "prepared")
+    out = StudyOutputs.for_study("regularisation", tmp_path)
+    points = run_study(params.study("regularisation"), params, data, out)
+
+    assert [p["variant"] for p in points] == ["none", "dropout", "l2", "early_stopping"]
+    assert all(p["verdict"] in {"underfit", "good", "overfit", "diverged"} for p in points)
+    with out.csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["variant"] for r in rows] == ["none", "dropout", "l2", "early_stopping"]
+    assert all(int(r["epochs"]) <= 3 and float(r["grad_first_median"]) > 0 for r in rows)
+    table = out.table.read_text()
+    assert "| variant | parameters |" in table and "**" in table
+    assert out.figure.stat().st_size > 10_000
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("deepfit").experiment_id],
+        filter_string="tags.`deepfit.study` = 'regularisation'",
+    )
+    parent = [r for r in runs if r.info.run_name == "study:regularisation"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parent) == 1 and len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent[0].info.run_id}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    child = children[0]
+    assert child.data.tags["deepfit.fit.verdict"] in {"underfit", "good", "overfit", "diverged"}
+    assert "fit.skill_gap" in child.data.metrics and "grad_norm.hidden_1" in child.data.metrics
+    history = client.get_metric_history(child.info.run_id, "grad_norm.hidden_1")
+    assert [m.step for m in history] == list(range(1, len(history) + 1))
+    artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "study")}
+    assert artifacts == {
+        "study/regularisation.md",
+        "study/regularisation.csv",
+        "study/regularisation.png",
+    }
+
+
+def test_train_size_larger_than_the_data_is_a_one_line_error(raw):
+    from deepfit.data import DataError
+    from deepfit.studies import subsample
+
+    class Data:
+        train = (list(range(5)), list(range(5)))
+
+    with pytest.raises(DataError, match="train_size: 10 is larger than the training split"):
+        subsample(Data(), 10, 0)
