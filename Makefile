@@ -7,7 +7,7 @@ PORT ?= 5000
 # Stages call `python -m deepfit.stages...`; put the environment's python first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test ui plots metrics bench lint format lock clean
+.PHONY: setup run test ui plots metrics bench lint format lock clean sweep server
 
 setup: $(STAMP)
 
@@ -26,6 +26,24 @@ test: setup  ## set up, then run the whole test suite (slow end-to-end tests inc
 
 ui: setup  ## MLflow UI on http://127.0.0.1:$(PORT) (loopback only)
 	mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+server: setup  ## MLflow tracking server on http://127.0.0.1:$(PORT) (loopback only), same store
+	mlflow server --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+	  --artifacts-destination $(CURDIR)/mlartifacts --serve-artifacts
+
+# A queued sweep: one DVC experiment per grid point, $(JOBS) at a time, each in its own copy under
+# .dvc/tmp/exps/. Waits until the queue is empty, then prints the best run per architecture.
+# Watch it from another shell with `dvc queue status` and `dvc queue logs -f <exp>`; Ctrl-C stops
+# only the waiting (`dvc queue kill <exp>` or `dvc queue stop --kill` stop the experiments).
+SWEEP ?= -S 'runs.fnn.activation=relu,tanh' -S '++runs.fnn.train.optimizer.name=sgd,adam'
+JOBS ?= 2
+sweep: setup  ## queue the SWEEP grid of DVC experiments, run JOBS at a time, compare the results
+	dvc exp run --queue $(SWEEP)
+	dvc queue start -j $(JOBS)
+	@echo "waiting for the queue (watch: dvc queue status; dvc queue logs -f <exp>)"
+	@while dvc queue status 2>/dev/null | grep -qwE 'Queued|Running'; do sleep 10; done
+	dvc queue status
+	deepfit compare --best-per model
 
 plots: setup  ## render every DVC plot to dvc_plots/index.html
 	dvc plots show

@@ -62,7 +62,7 @@ def test_yaml_1_2_floats(tmp_path, raw):
 def test_unknown_top_level_key(raw):
     raw["trian"] = {}
     assert error_of(raw) == "params.yaml: trian: unknown key; allowed keys: " + ", ".join(
-        ["seeds", "datasets", "train", "runs", "scorer", "mlflow"]
+        ["seeds", "datasets", "train", "runs", "scorer", "mlflow", "fit", "studies"]
     )
 
 

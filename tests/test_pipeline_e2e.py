@@ -20,6 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ["fnn", "cnn", "rnn", "lstm", "rnn_adding", "lstm_adding", "gan"]
 EPOCHS = 2
+VERDICTS = {"underfit", "good", "overfit", "diverged"}
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +47,13 @@ def _shrink(params_path: Path) -> None:
     params["datasets"]["adding"].update(length=10, train_size=256, val_size=64, test_size=64)
     for run in params["runs"].values():
         run.get("train", {}).pop("epochs", None)
+    for study in params.get("studies", {}).values():
+        study["train_size"] = 60
+        study["base"]["train"]["epochs"] = EPOCHS
+        study["variants"] = dict(list(study["variants"].items())[:2])
+        for variant in study["variants"].values():
+            if "units" in variant:
+                variant["units"] = [min(u, 16) for u in variant["units"]]
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -97,6 +105,7 @@ def test_every_run_has_metrics_with_baselines(repo):
     assert gan["test"]["fid"] > gan["baseline"]["fid_real_vs_real"] >= 0
     summary = (root / "reports" / "summary.md").read_text()
     assert all(f"| {name} |" in summary for name in RUNS)
+    assert "## Fit" in summary
     assert (root / "reports/figures/learning_curves.png").stat().st_size > 1000
 
 
@@ -106,7 +115,8 @@ def test_mlflow_store_has_one_finished_run_per_run_with_epoch_curves(repo):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("deepfit")
-    runs = client.search_runs([experiment.experiment_id])
+    everything = client.search_runs([experiment.experiment_id])
+    runs = [r for r in everything if "deepfit.study" not in r.data.tags]
     assert sorted(r.info.run_name for r in runs) == sorted(RUNS)
     for run in runs:
         name = run.info.run_name
@@ -120,8 +130,46 @@ def test_mlflow_store_has_one_finished_run_per_run_with_epoch_curves(repo):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in history] == list(range(1, EPOCHS + 1)), (name, key)
         assert any(k.startswith("test.") for k in run.data.metrics), name
+        assert run.data.tags["deepfit.fit.verdict"] in VERDICTS, name
+        assert "fit.skill_gap" in run.data.metrics and "fit.best_epoch" in run.data.metrics
+        grads = [k for k in run.data.metrics if k.startswith("grad_norm.")]
+        assert grads, name
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, grads[0])]
+        assert steps == list(range(1, EPOCHS + 1)), name
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
         assert "figures/evaluation" in artifacts and "figures/training" in artifacts
+
+
+def test_every_run_has_a_fit_verdict_with_evidence(repo):
+    root, _ = repo
+    for name in RUNS:
+        metrics = json.loads((root / "reports" / "metrics" / f"{name}.json").read_text())
+        fit = metrics["fit"]
+        assert fit["verdict"] in VERDICTS and fit["reasons"], name
+        for key in ("best_epoch", "val_loss_best", "val_loss_last", "gap_best", "gap_last"):
+            assert isinstance(fit[key], int | float), (name, key)
+        assert metrics["gradients"]["layers"] >= 2, name
+        assert len(metrics["mlflow"]["run_id"]) == 32, name
+        rows = (root / "reports/plots" / name / "gradients/norms.csv").read_text().splitlines()
+        assert rows[0] == "epoch,layer,norm" and len(rows) > EPOCHS, name
+
+
+def test_studies_write_tables_figures_and_grouped_runs(repo):
+    root, _ = repo
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("deepfit")
+    for study in ("capacity", "regularisation", "activation"):
+        table = (root / "reports/studies" / f"{study}.md").read_text()
+        verdicts = re.findall(r"\| \*\*(\w+)\*\* \|", table)
+        assert len(verdicts) == 2 and set(verdicts) <= VERDICTS, study
+        assert (root / "reports/figures/studies" / f"{study}.png").stat().st_size > 10_000
+        runs = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`deepfit.study` = '{study}'"
+        )
+        assert len(runs) == 3, study  # the study's parent run and its two (shrunk) variants
+        assert all(r.info.status == "FINISHED" for r in runs), study
 
 
 def test_logged_model_loads_with_pyfunc(repo):
@@ -146,6 +194,7 @@ def test_dvc_views_work(repo):
     plots = json.loads(shown.stdout)  # warnings, if any, go to stderr
     assert "reports/plots/cnn/curves/loss.csv" in plots["data"]
     assert "reports/plots/cnn/eval/confusion.csv" in plots["data"]
+    assert "reports/plots/cnn/gradients/norms.csv" in plots["data"]
     assert not plots.get("errors"), plots.get("errors")
 
 

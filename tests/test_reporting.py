@@ -36,3 +36,22 @@ def test_rows_pick_key_metric_and_baseline_per_kind(tmp_path):
 def test_read_curves_round_trips_curve_tables(tmp_path):
     (tmp_path / "loss.csv").write_text("epoch,train,val\n1,1.0,1.5\n2,0.5,0.75\n")
     assert read_curves(tmp_path) == {"loss": [1.0, 0.5], "val_loss": [1.5, 0.75]}
+
+
+def test_fit_table_shows_verdict_best_and_last_values():
+    from deepfit.config import FitConfig
+    from deepfit.diagnosis import diagnose
+    from deepfit.reporting import fit_table
+
+    fit = diagnose(
+        {"loss": [1.0, 0.5, 0.3, 0.1], "val_loss": [1.0, 0.6, 0.5, 0.6]}, FitConfig(), (2.0, 2.0)
+    )
+    rows = [
+        {"run": "fnn", "fit": fit, "gradients": {"vanished": "hidden_1"}},
+        {"run": "old", "fit": {}, "gradients": {}},
+    ]
+    table = fit_table(rows)
+    assert "| fnn | **overfit** | 3 of 4 | 0.3 / 0.1 | 0.5 / 0.6 | 0.2 / 0.5 |" in table
+    assert "| 20% | hidden_1 |" in table
+    assert "| old | n/a" in table
+    assert "- fnn: validation loss rose 20% after its best epoch 3" in table

@@ -83,10 +83,16 @@ def test_train_run_writes_outputs_and_tracks_epochs(tmp_path, monkeypatch):
 
     model_dir = tmp_path / "models" / "fnn"
     assert sorted(p.name for p in model_dir.iterdir()) == [
+        "gradients.json",
         "history.json",
         "model.keras",
         "run.json",
     ]
+    records = json.loads((model_dir / "gradients.json").read_text())
+    assert len(records) == 2 and list(records[0]) == ["hidden_1", "output"]
+    norms = tmp_path / "reports/plots/fnn/gradients/norms.csv"
+    assert norms.read_text().splitlines()[:2][0] == "epoch,layer,norm"
+    assert len(norms.read_text().splitlines()) == 1 + 2 * 2  # header + 2 epochs x 2 layers
     assert json.loads((model_dir / "run.json").read_text())["epochs"] == 2
     curves = tmp_path / "reports" / "plots" / "fnn" / "curves"
     assert sorted(p.name for p in curves.iterdir()) == ["accuracy.csv", "loss.csv"]

@@ -83,6 +83,9 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         "its key metric, per dataset",
     )
     pick.add_argument("--failed", action="store_true", help="list FAILED/KILLED runs and errors")
+    pick.add_argument(
+        "--studies", action="store_true", help="include the runs of studies (left out by default)"
+    )
     view = cmd.add_argument_group("view")
     view.add_argument("--sort", metavar="METRIC", help="sort by a metric (or any column)")
     view.add_argument("--desc", action="store_true", help="sort descending (largest first)")
@@ -120,6 +123,7 @@ def _compare(args: argparse.Namespace) -> int:
             descending=args.desc,
             best_per=args.best_per,
             columns=args.columns,
+            studies=args.studies,
         )
         if args.failed:
             table = compare.failed_table(runs, options)
@@ -129,7 +133,8 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"no run matches ({len(runs)} runs in experiment {experiment!r})")
             return 1
         print(compare.text_table(table), end="")
-        print(_footer(runs, table, experiment, uri, args.failed))
+        failed = compare.failed_table(runs, compare.Options(studies=args.studies))
+        print(_footer(len(runs), len(table), len(failed), experiment, uri, args.failed))
         for path, fmt in ((args.markdown, "markdown"), (args.csv, "csv")):
             if path:
                 print(f"wrote {compare.write_table(table, path, fmt)}")
@@ -147,11 +152,10 @@ def _experiment(params_file: Path) -> str:
     return load_params(params_file).mlflow.experiment
 
 
-def _footer(runs, table, experiment: str, uri: str, failed: bool) -> str:
-    text = f"{len(table)} of {len(runs)} runs, experiment {experiment!r}, {uri}"
-    n_failed = int(runs["status"].isin(("FAILED", "KILLED")).sum())
-    if n_failed and not failed:
-        text += f"; {n_failed} failed or killed: deepfit compare --failed"
+def _footer(n_runs: int, shown: int, failed: int, experiment: str, uri: str, listing: bool) -> str:
+    text = f"{shown} of {n_runs} runs, experiment {experiment!r}, {uri}"
+    if failed and not listing:
+        text += f"; {failed} failed or killed: deepfit compare --failed"
     return text
 
 

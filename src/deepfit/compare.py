@@ -64,6 +64,7 @@ class Options:
     best_per: str | None = None
     columns: Sequence[str] = ()
     params: Sequence[str] = field(default_factory=lambda: list(DEFAULT_PARAMS))
+    studies: bool = False  # include the runs of params' studies (tag deepfit.study)
 
 
 # --- reading the store ------------------------------------------------------------------------
@@ -173,8 +174,10 @@ def resolve(frame: pd.DataFrame, key: str, what: str = "column") -> str:
 
 
 def select(frame: pd.DataFrame, options: Options) -> pd.DataFrame:
-    """Rows matching every filter: --run, --model, --dataset, --exp and each --where."""
+    """Rows matching every filter: --run, --model, --dataset, --exp, each --where, --studies."""
     keep = pd.Series(True, index=frame.index)
+    if not options.studies and "tags.deepfit.study" in frame:
+        keep &= frame["tags.deepfit.study"].isna()
     for column, wanted in (
         ("run", options.runs),
         ("model", options.models),

@@ -110,7 +110,7 @@ class FitConfig(_Strict):
     underfit_skill: float = Field(0.5, ge=0, le=1)
     overfit_gap: float = Field(0.1, gt=0, le=1)
     overfit_rise: float = Field(0.1, gt=0)
-    diverged_rise: float = Field(1.0, gt=0)
+    diverged_rise: float = Field(0.5, gt=0)
     vanishing_ratio: float = Field(0.01, gt=0, lt=1)
     exploding_norm: float = Field(1000.0, gt=0)
 
@@ -460,6 +460,8 @@ def _format_error(exc: ValidationError, where: str, schema: Any, extra_keys: tup
         message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
     elif kind == "missing":
         message = "missing required key"
+    elif kind in {"model_type", "dict_type"}:  # a whole section given as one value (-S train=5)
+        message = f"expected a mapping of keys, got {_describe(first.get('input'))}"
     elif kind in {"union_tag_invalid", "literal_error"}:
         message = f"{first['msg']} (got {first.get('input')!r})"
     else:

@@ -3,8 +3,9 @@
 The verdict is one of ``diverged``, ``overfit``, ``underfit`` or ``good``; the first rule that
 holds wins (thresholds are the ``fit:`` keys of params.yaml):
 
-1. ``diverged``: a loss is NaN or infinite, or the last training loss is more than
-   ``diverged_rise`` (relative) above the lowest one.
+1. ``diverged``: a loss is NaN or infinite, or the training loss climbed back more than
+   ``diverged_rise`` of the way from its lowest value to the reference loss (defined below):
+   the model lost what it had learned.
 2. ``overfit``: validation loss rose by ``overfit_rise`` or more (relative) after its best epoch,
    or the skill gap at the best epoch is ``overfit_gap`` or more.
 3. ``underfit``: training skill at the best epoch is below ``underfit_skill``.
@@ -117,11 +118,13 @@ def _verdict(
 ) -> tuple[str, list[str]]:
     if not all(math.isfinite(v) for v in (*train, *val)):
         return "diverged", ["a loss became NaN or infinite"]
-    lowest = min(train)
-    rise = (train[-1] - lowest) / abs(lowest) if lowest else 0.0
-    if not generative and rise > cfg.diverged_rise:
+    lowest, reference = min(train), e["reference_train_loss"]
+    climb = (train[-1] - lowest) / (reference - lowest) if reference > lowest else 0.0
+    if not generative and climb > cfg.diverged_rise:
         return "diverged", [
-            f"training loss ended {rise:.0%} above its lowest (limit {cfg.diverged_rise:.0%})"
+            f"training loss climbed back {climb:.0%} of the way from its lowest "
+            f"{lowest:.3g} to the constant predictor's {reference:.3g} "
+            f"(limit {cfg.diverged_rise:.0%})"
         ]
     overfit = []
     if not generative and e["val_rise"] >= cfg.overfit_rise:

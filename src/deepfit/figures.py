@@ -248,31 +248,37 @@ def _gradient_lines(ax: Axes, records: Sequence[Mapping[str, float]], layers: li
 
 
 def _capacity(loss_ax: Axes, error_ax: Axes, points: Sequence[Mapping[str, object]]) -> None:
+    """Loss (log scale) and error rate against parameter count, markers coloured by verdict."""
     sizes = [p["params"] for p in points]
     series = (
-        (loss_ax, "train_loss_last", "val_loss_best", "loss"),
-        (error_ax, "train_error_last", "val_error_best", "error rate"),
+        (loss_ax, "loss (log scale)", ("train_loss_last", "val_loss_best", "val_loss_last")),
+        (error_ax, "error rate", ("train_error_last", "val_error_best")),
     )
-    for ax, train_key, val_key, label in series:
-        if not all(p.get(val_key, "") != "" for p in points):
+    styles = {"train": ("-", "training (last epoch)"), "val": ("--", "validation (best epoch)")}
+    for ax, label, keys in series:
+        if not all(p.get(k) is not None for p in points for k in keys):
             _empty(ax, f"no {label} recorded")
             continue
-        ax.plot(sizes, [p[train_key] for p in points], "-", color="0.3", label="training (last)")
-        ax.plot(sizes, [p[val_key] for p in points], "--", color="0.3", label="validation (best)")
+        for key in keys:
+            style, name = styles[key.split("_")[0]]
+            if key == "val_loss_last":
+                style, name = ":", "validation (last epoch)"
+            ax.plot(sizes, [p[key] for p in points], style, color="0.3", label=name)
+            for p in points:
+                ax.plot(p["params"], p[key], "o", color=VERDICT_COLORS.get(str(p["verdict"])), ms=6)
         for p in points:
-            color = VERDICT_COLORS.get(str(p["verdict"]), "grey")
-            for key in (train_key, val_key):
-                ax.plot(p["params"], p[key], "o", color=color, ms=7)
             ax.annotate(
                 str(p["verdict"]),
-                (p["params"], p[val_key]),
+                (p["params"], max(p[k] for k in keys)),
                 textcoords="offset points",
                 xytext=(0, 7),
                 ha="center",
-                fontsize=7,
-                color=color,
+                fontsize=8,
+                color=VERDICT_COLORS.get(str(p["verdict"]), "grey"),
             )
         ax.set_xscale("log")
+        if "log" in label:
+            ax.set_yscale("log")
         ax.set_xlabel("parameters (log scale)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

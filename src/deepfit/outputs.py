@@ -66,17 +66,37 @@ def sweep_leftovers(target: Path) -> None:
 
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty staging folder beside ``target``; it replaces ``target`` only on success."""
+    """Yield an empty staging folder beside ``target``; it replaces ``target`` only on success.
+
+    On failure nothing is left: not the staging folder, nor parent folders made for it.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    made = _make_parents(target)
     sweep_leftovers(target)
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     staging.mkdir()  # mkdir (not mkdtemp) so the final folder gets the usual umask permissions
     try:
         yield staging
         _swap_in(staging, target)
+        made = []
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(made)
+
+
+def _make_parents(target: Path) -> list[Path]:
+    """Create the missing parents of ``target``; return them, deepest first."""
+    missing = [p for p in target.parents if not p.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another output is there) or already gone
+            return
 
 
 def _swap_in(staging: Path, target: Path) -> None:
@@ -98,9 +118,13 @@ def _swap_in(staging: Path, target: Path) -> None:
 def write_text(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made = _make_parents(path)
     sweep_leftovers(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+    except BaseException:
+        _remove_empty(made)
+        raise
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -108,6 +132,7 @@ def write_text(path: Path, text: str) -> Path:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        _remove_empty(made)
         raise
     return path
 

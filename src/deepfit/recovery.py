@@ -140,7 +140,7 @@ class TrainingBackup:
             return {}
         return {
             "deepfit.resumed_from": str(state.get("mlflow_run_id", "")),
-            "deepfit.resumed_after_epoch": str(len(state["epochs"])),
+            "deepfit.resumed_after_epoch": str(state["epochs"]),
         }
 
     def attach(

@@ -57,7 +57,7 @@ def stage(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     logger = logging.getLogger(f"deepfit.{name}")
-    signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         yield logger
     except KeyboardInterrupt as exc:
@@ -69,16 +69,16 @@ def stage(
         print(f"deepfit {name}: error: {message}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:
+        _record(name, one_line(exc), runs, dataset, params)
         if exc.errno not in ENVIRONMENT_ERRNOS:
-            _record(name, one_line(exc), runs, dataset, params)
             raise
-        message = one_line(exc)
-        _record(name, message, runs, dataset, params)
-        print(f"deepfit {name}: error: {message}", file=sys.stderr)
+        print(f"deepfit {name}: error: {one_line(exc)}", file=sys.stderr)
         sys.exit(1)
     except Exception as exc:
         _record(name, f"{type(exc).__name__}: {one_line(exc)}", runs, dataset, params)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def deterministic_ops() -> None:
