@@ -7,7 +7,7 @@ PORT ?= 5000
 # Stages call `python -m deepfit.stages...`; put the environment's python first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test ui plots metrics bench lint format lock clean sweep server
+.PHONY: setup run test ui plots metrics bench lint format lock clean sweep server audit
 
 setup: $(STAMP)
 
@@ -56,6 +56,11 @@ bench: setup  ## cold `dvc repro` in a temporary copy: time and quality targets 
 
 lint: setup
 	ruff check . && ruff format --check .
+
+# Audits exactly the pins of requirements.lock (no install, no resolving) against PyPI's
+# vulnerability data; --strict fails when a package cannot be looked up instead of skipping it.
+audit: setup  ## known vulnerabilities of the pinned packages (pip-audit; needs PyPI's JSON API)
+	pip-audit --strict --disable-pip --no-deps --progress-spinner off -r requirements.lock
 
 format: setup
 	ruff format . && ruff check --fix .

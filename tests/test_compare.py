@@ -87,6 +87,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     client.set_tag(run_id, "deepfit.error", ERROR)
     killed = ("cnn@exp-d", "cnn", "digits", None, "relu", "adam", 1e-3)
     _log_run(client, experiment_id, killed, start + 9500, "KILLED", epochs=1)
+    variant = ("capacity/width_4", "fnn", "digits", 0.99, "tanh", "adam", 1e-2)
+    run_id = _log_run(client, experiment_id, variant, start + 9800)
+    client.set_tag(run_id, "deepfit.study", "capacity")  # a study's variant: hidden by default
     other = client.create_experiment("other")
     _log_run(client, other, RUNS[0], start)
     return uri
@@ -111,7 +114,7 @@ def run_cli(*args: str) -> int:
 
 def test_table_has_names_key_metric_params_and_verdict(frame):
     rows = table(frame)
-    assert len(rows) == len(RUNS) + 2  # the other experiment's run is not read
+    assert len(rows) == len(RUNS) + 2  # no study variant, nor the other experiment's run
     assert list(rows.columns)[:11] == [
         "name",
         "model",
@@ -182,6 +185,13 @@ def test_best_per_model_answers_which_settings_worked_best(frame):
     assert names(per_exp) == ["fnn@exp-b", "fnn", "fnn@exp-a"]  # the failed exp-c has no score
 
 
+def test_study_runs_only_on_request(frame):
+    assert "capacity/width_4" not in names(table(frame))
+    assert "capacity/width_4" not in names(table(frame, best_per="model"))
+    with_studies = table(frame, studies=True, where=["deepfit.study=capacity"])
+    assert names(with_studies) == ["capacity/width_4"]
+
+
 def test_failed_lists_failed_and_killed_runs_with_their_error(frame):
     rows = compare.failed_table(frame, compare.Options())
     assert names(rows) == ["cnn@exp-d", "fnn@exp-c"]
@@ -235,7 +245,7 @@ def test_cli_prints_table_and_writes_files(store, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert out.splitlines()[2].startswith("cnn@exp-a ")
-    assert "4 of 9 runs, experiment 'deepfit'" in out
+    assert "4 of 10 runs, experiment 'deepfit'" in out
     assert "2 failed or killed: deepfit compare --failed" in out
     assert md.exists() and csv_path.exists() and png.exists()
 
@@ -249,7 +259,7 @@ def test_cli_failed_listing(store, capsys):
 
 def test_cli_no_match_exits_1(store, capsys):
     assert run_cli("--tracking-uri", store, "--run", "lstm") == 1
-    assert "no run matches (9 runs in experiment 'deepfit')" in capsys.readouterr().out
+    assert "no run matches (10 runs in experiment 'deepfit')" in capsys.readouterr().out
 
 
 def _free_port() -> int:

@@ -310,9 +310,7 @@ def _parse_study(
     _expect_mapping(base_raw, f"{where}.base")
     model = base_raw.get("model")
     if model in REGISTRY and get_spec(model).generative:
-        raise ConfigError(
-            f"{where}.base.model: studies compare supervised models, not {model!r}"
-        )
+        raise ConfigError(f"{where}.base.model: studies compare supervised models, not {model!r}")
     base = _parse_run(name, base_raw, train_raw, datasets, where=f"{where}.base")
     variants_raw = body.get("variants")
     _expect_mapping(variants_raw, f"{where}.variants")

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 BACKUP_ROOT = Path(".dvc") / "tmp" / "deepfit" / "backups"
 STATE_FILE = "state.json"
+KERAS_FILES = ("latest.weights.h5", "training_metadata.json")  # what BackupAndRestore writes
 # What Keras' BackupAndRestore leaves out, per callback class: restored after a restart so
 # early stopping counts patience and keeps the best weights across it.
 STATEFUL = {
@@ -165,6 +166,7 @@ class TrainingBackup:
         return self.callback.seconds_before if self.callback else 0.0
 
     def clear(self) -> None:
+        """Delete the folder: the stage succeeded, or its attempt is not worth resuming."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -211,14 +213,20 @@ class BackupCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._started = time.perf_counter()
         state = TrainingBackup(self.folder).previous()
+        build_optimizers = getattr(self.model, "build_optimizers", None)  # a GAN's two
+        if build_optimizers is not None and (self.folder / "keras").is_dir():
+            build_optimizers()
         try:
             self.keras_backup.on_train_begin(logs)
         except (OSError, ValueError, KeyError) as exc:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            raise RuntimeError(
-                f"{self.folder}: the training backup could not be restored ({exc}); it has been "
-                "deleted, so running the stage again starts afresh"
-            ) from exc
+            # Keras falls back to its previous checkpoint only when the weights file is broken;
+            # a kill while it wrote the epoch file breaks that one instead.
+            if not self._previous_checkpoint():
+                self._give_up(exc)
+            try:
+                self.keras_backup.on_train_begin(logs)
+            except (OSError, ValueError, KeyError) as again:
+                self._give_up(again)
         done = int(getattr(self.model, "_initial_epoch", 0) or 0)
         if done == 0:
             self._save_state(0)
@@ -227,6 +235,23 @@ class BackupCallback(keras.callbacks.Callback):
             raise RuntimeError(f"{self.folder}: training state missing; deleted, run again")
         else:
             self._restore(state, done)
+
+    def _previous_checkpoint(self) -> bool:
+        """Put Keras' previous checkpoint (``double_checkpoint``) in place of the latest."""
+        keras_dir = self.folder / "keras"
+        pairs = [(keras_dir / f"{name}.bkp", keras_dir / name) for name in KERAS_FILES]
+        if not all(previous.is_file() for previous, _ in pairs):
+            return False
+        for previous, latest in pairs:
+            shutil.copyfile(previous, latest)
+        return True
+
+    def _give_up(self, exc: BaseException) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        raise RuntimeError(
+            f"{self.folder}: the training backup could not be restored ({exc}); it has been "
+            "deleted, so running the stage again starts afresh"
+        ) from exc
 
     def _restore(self, state: dict[str, Any], done: int) -> None:
         snapshot = state.get("snapshots", {}).get(str(done))
@@ -248,8 +273,11 @@ class BackupCallback(keras.callbacks.Callback):
             shutil.copytree(self.folder / "files", self.carry, dirs_exist_ok=True)
         log.info(
             "resuming after epoch %d of %d from %s (interrupted MLflow run %s)",
-            done, self.params["epochs"], self.folder, state.get("mlflow_run_id"),
-        )  # fmt: skip
+            done,
+            self.params["epochs"],
+            self.folder,
+            state.get("mlflow_run_id"),
+        )
         if self.log_metrics is not None:  # the new MLflow run gets the whole curve
             for epoch in range(done):
                 values = {k: v[epoch] for k, v in self.history.items() if epoch < len(v)}

@@ -214,7 +214,7 @@ def close_orphans(experiment_id: str) -> list[str]:
     power loss); return their ids. Runs of other hosts and untagged runs are left alone."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri())
     closed = []
     running = client.search_runs(
         [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
@@ -310,7 +310,7 @@ def _status_on_error() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through the stage's handler
-        mlflow.set_tag("deepfit.error", f"interrupted ({exc or 'SIGINT'})")
+        mlflow.set_tag("deepfit.error", f"interrupted ({str(exc) or 'SIGINT'})")
         mlflow.end_run(status="KILLED")
         raise
     except BaseException as exc:
@@ -337,7 +337,7 @@ def record_failure(run_name: str, stage: str, message: str, raw: Any) -> str | N
     tags = identity_tags(run_name, str(block.get("model", "?")), str(block.get("dataset", "?")))
     tags.update({"deepfit.error": message[:5000], "deepfit.stage": stage})
     found = _connect(experiment)
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri())
     created = client.create_run(found.experiment_id, run_name=mlflow_run_name(run_name), tags=tags)
     run_id = created.info.run_id
     for key, value in _raw_run_params(raw, block).items():

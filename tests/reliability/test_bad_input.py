@@ -1,9 +1,10 @@
 """Bad input: one line naming the key or file, exit status 2, nothing written.
 
-Every case runs the real stage on a folder holding only what the case needs (as a process, or
-its ``main`` in-process for the many params cases); "nothing written" is checked on every path
-under it (sizes and times), so no output, temporary or MLflow store appears. The DVC side
-(dvc.lock unchanged) is checked in test_pipeline_faults.py.
+Every case runs a real stage on a folder holding only what the case needs: as a process for a
+few, as the stage's ``main`` in-process for most (same code, exit status included, much
+quicker). "Nothing written" is checked on every path under the folder (sizes and times), so no
+output, temporary or MLflow store appears. The DVC side (dvc.lock unchanged) is checked in
+test_pipeline_faults.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,22 @@ import pytest
 from _support import TINY_RUN, error_line, run_stage, snapshot, tiny_params, write_params
 
 from deepfit.config import load_params
-from deepfit.stages import train
+from deepfit.stages import prepare, train
+
+
+@pytest.fixture
+def stage_main(monkeypatch, capsys):
+    """Run a stage's ``main`` in-process in a folder: (exit status, stderr lines)."""
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def run(module, cwd: Path, *argv: str) -> tuple[int, list[str]]:
+        monkeypatch.chdir(cwd)
+        with pytest.raises(SystemExit) as stopped:
+            module.main(list(argv))
+        return stopped.value.code, capsys.readouterr().err.splitlines()
+
+    return run
 
 
 def _set(path: str, value: object) -> Callable[[dict], None]:
@@ -139,20 +155,13 @@ PARAMS_CASES = [
 @pytest.mark.parametrize(
     ("change", "expected"), [c[1:] for c in PARAMS_CASES], ids=[c[0] for c in PARAMS_CASES]
 )
-def test_bad_params_stop_the_train_stage_in_one_line(
-    workdir, monkeypatch, capsys, change, expected
-):
-    """In-process ``main`` (the stage's own code, exit status included) to keep this quick."""
+def test_bad_params_stop_the_train_stage_in_one_line(workdir, stage_main, change, expected):
     raw = tiny_params()
     change(raw)
     write_params(workdir, raw)
-    monkeypatch.chdir(workdir)
     before = snapshot(workdir)
-    with pytest.raises(SystemExit) as stopped:
-        train.main(["--run", "tiny"])
-    assert stopped.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1
+    status, lines = stage_main(train, workdir, "--run", "tiny")
+    assert status == 2 and len(lines) == 1
     assert lines[0].startswith(f"deepfit train@tiny: error: params.yaml: {expected}"), lines
     assert snapshot(workdir) == before
 
@@ -236,13 +245,12 @@ PREPARED_CASES = [
 @pytest.mark.parametrize(
     ("damage", "expected"), [c[1:] for c in PREPARED_CASES], ids=[c[0] for c in PREPARED_CASES]
 )
-def test_damaged_prepared_data_is_refused(ready_workdir, damage, expected):
+def test_damaged_prepared_data_is_refused(ready_workdir, stage_main, damage, expected):
     damage(ready_workdir / "data" / "prepared" / "digits")
     before = snapshot(ready_workdir)
-    done = run_stage(ready_workdir, "train", "--run", "tiny")
-    assert done.returncode == 2
-    line = error_line(done, "train@tiny")
-    assert expected in line and "the prepare stage" in line
+    status, lines = stage_main(train, ready_workdir, "--run", "tiny")
+    assert status == 2 and len(lines) == 1
+    assert expected in lines[0] and "the prepare stage" in lines[0]
     assert snapshot(ready_workdir) == before
 
 
@@ -273,7 +281,7 @@ USER_DATA_CASES = [
     [c[1:] for c in USER_DATA_CASES],
     ids=[c[0] for c in USER_DATA_CASES],
 )
-def test_bad_user_data_is_refused_by_prepare(workdir, kind, rows, expected):
+def test_bad_user_data_is_refused_by_prepare(workdir, stage_main, kind, rows, expected):
     raw = tiny_params()
     declared = {"source": kind, "path": f"mine.{kind}", "task": "regression"}
     declared.update({"target": "y"} if kind == "csv" else {"kind": "vector"})
@@ -286,9 +294,9 @@ def test_bad_user_data_is_refused_by_prepare(workdir, kind, rows, expected):
         y[5] = np.inf
         np.savez(workdir / "data" / "raw" / "mine.npz", x=np.ones((40, 3)), y=y)
     before = snapshot(workdir)
-    done = run_stage(workdir, "prepare", "--dataset", "mine")
-    assert done.returncode == 2
-    assert expected in error_line(done, "prepare@mine")
+    status, lines = stage_main(prepare, workdir, "--dataset", "mine")
+    assert status == 2 and len(lines) == 1
+    assert lines[0].startswith("deepfit prepare@mine: error: ") and expected in lines[0]
     assert snapshot(workdir) == before
 
 

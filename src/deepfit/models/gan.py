@@ -150,6 +150,14 @@ def gan_class() -> type[keras.Model]:
             self.d_optimizer = d_optimizer
             self.g_optimizer = g_optimizer
 
+        def build_optimizers(self) -> None:
+            """Create both optimizers' variables now (they appear on first use), so a training
+            backup can be loaded into them before training resumes."""
+            if not self.d_optimizer.built:
+                self.d_optimizer.build(self.discriminator.trainable_variables)
+            if not self.g_optimizer.built:
+                self.g_optimizer.build(self.generator.trainable_variables)
+
         def get_compile_config(self) -> None:
             # Keras cannot replay a custom compile() on load; a loaded GAN generates, and is
             # compiled again (fresh optimizers) only to train further.

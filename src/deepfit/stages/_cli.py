@@ -58,10 +58,12 @@ def stage(
     )
     logger = logging.getLogger(f"deepfit.{name}")
     previous = signal.signal(signal.SIGTERM, _terminate)
+    # Also when started from a shell's background job, which would ignore SIGINT.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield logger
     except KeyboardInterrupt as exc:
-        print(f"deepfit {name}: interrupted ({exc or 'SIGINT'})", file=sys.stderr)
+        print(f"deepfit {name}: interrupted ({str(exc) or 'SIGINT'})", file=sys.stderr)
         sys.exit(143 if isinstance(exc, Terminated) else 130)
     except USER_ERRORS as exc:
         message = one_line(exc)
@@ -79,6 +81,7 @@ def stage(
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def deterministic_ops() -> None:

@@ -1,0 +1,123 @@
+"""Interruption: SIGTERM and SIGINT end the MLflow run as KILLED and keep the training backup;
+runs left RUNNING by a killed process are closed as KILLED by the next stage that connects.
+
+`kill -9` followed by `dvc repro` is in test_pipeline_faults.py.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _support import TINY_RUN, runs_named, stage_env, tiny_params, write_params
+
+from deepfit import tracking
+
+EPOCHS = 6
+
+
+def _start(root: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "deepfit.stages.train", "--run", "slow"],
+        cwd=root,
+        env=stage_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_epoch(root: Path, process: subprocess.Popen, epoch: int) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        for meta in root.glob(".dvc/tmp/deepfit/backups/slow-*/keras/training_metadata.json"):
+            try:
+                if json.loads(meta.read_text())["epoch"] >= epoch:
+                    return
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.05)
+    raise AssertionError("training made no progress")
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigint_end_the_run_killed_and_training_resumes(ready_workdir):
+    root = ready_workdir
+    slow = {**TINY_RUN, "units": [32], "train": {"epochs": EPOCHS, "batch_size": 4}}
+    write_params(root, tiny_params({"slow": slow}))
+
+    first = _start(root)
+    _wait_for_epoch(root, first, 1)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 143
+    assert err.rstrip().endswith("deepfit train@slow: interrupted (SIGTERM)")
+
+    second = _start(root)  # resumes, then Ctrl-C
+    _wait_for_epoch(root, second, 2)
+    second.send_signal(signal.SIGINT)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 130
+    assert "resuming after epoch" in err
+    assert err.rstrip().endswith("deepfit train@slow: interrupted (SIGINT)")
+
+    assert not (root / "models").exists() or not any((root / "models").iterdir())
+    assert list(root.glob(".dvc/tmp/deepfit/backups/slow-*/state.json"))  # kept for the next run
+    runs = runs_named(root, "slow")
+    assert [r.info.status for r in runs] == ["KILLED", "KILLED"]
+    assert runs[1].data.tags["deepfit.error"] == "interrupted (SIGTERM)"
+    assert runs[0].data.tags["deepfit.error"] == "interrupted (SIGINT)"
+    assert runs[0].data.tags["deepfit.resumed_from"] == runs[1].info.run_id
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking.tracking_uri(tmp_path))
+
+
+def test_runs_of_dead_processes_are_closed_as_killed(store):
+    """Only runs of this host whose process is gone; a live writer and other hosts are kept."""
+    experiment = store.create_experiment("orphans")
+    code = "import os; print(os.getpid())"
+    gone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    dead_pid = gone.stdout.strip()
+    cases = {
+        "dead": {"deepfit.host": tracking.HOST, "deepfit.pid": dead_pid},
+        "alive": tracking.process_tags(),
+        "other host": {"deepfit.host": "elsewhere", "deepfit.pid": dead_pid},
+        "untagged": {},
+    }
+    ids = {
+        name: store.create_run(experiment, tags=tags).info.run_id for name, tags in cases.items()
+    }
+
+    tracking._connect("orphans")
+
+    status = {name: store.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {
+        "dead": "KILLED",
+        "alive": "RUNNING",
+        "other host": "RUNNING",
+        "untagged": "RUNNING",
+    }
+    reason = store.get_run(ids["dead"]).data.tags["deepfit.error"]
+    assert reason == f"killed: process {dead_pid} on {tracking.HOST} ended without closing the run"
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_writer(store):
+    experiment = store.create_experiment("reused")
+    tags = {**tracking.process_tags(), "deepfit.pid_start": "1"}  # our pid, another start time
+    run_id = store.create_run(experiment, tags=tags).info.run_id
+    assert tracking.close_orphans(experiment) == [run_id]
+    assert store.get_run(run_id).info.status == "KILLED"

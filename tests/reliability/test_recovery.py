@@ -1,0 +1,126 @@
+"""deepfit.recovery with real Keras fits: a restart resumes exactly where the backup stopped,
+keeps early stopping's state, survives a half-written checkpoint, and never uses stale state."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from deepfit.recovery import BackupCallback, DivergenceGuard, TrainingBackup, TrainingDiverged
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Stops a fit at the start of epoch ``at`` (0-based), as a kill would."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == self.at:
+            raise KeyboardInterrupt
+
+
+def _data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    return x, (x @ np.array([1.0, -2.0, 0.5, 3.0], dtype="float32"))[:, None]
+
+
+def _model() -> keras.Model:
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    return model
+
+
+def _fit(model, folder, epochs, extra=(), patience=3, first=()):
+    stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
+    callbacks = [*first, stop, *extra]
+    backup = BackupCallback(folder, "run-id", callbacks, carry=None, log_metrics=None)
+    x, y = _data()
+    model.fit(
+        x,
+        y,
+        validation_data=(x[:16], y[:16]),
+        epochs=epochs,
+        batch_size=16,
+        shuffle=False,  # so that a resumed fit can match an uninterrupted one bit for bit
+        verbose=0,
+        callbacks=[*callbacks, backup],
+    )
+    return backup, stop
+
+
+def test_an_interrupted_fit_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    whole, stop = _fit(_model(), tmp_path / "whole", epochs=8)
+    reference = whole.model.get_weights()
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_model(), tmp_path / "cut", epochs=8, extra=[Interrupt(at=5)])
+    assert json.loads((tmp_path / "cut" / "state.json").read_text())["epochs"] == 5
+    resumed, resumed_stop = _fit(_model(), tmp_path / "cut", epochs=8)
+
+    # weights, optimizer state, history and early stopping's counters all carried over
+    weights = resumed.model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(weights, reference, strict=True))
+    assert resumed.history == whole.history
+    assert (resumed_stop.best, resumed_stop.best_epoch) == (stop.best, stop.best_epoch)
+
+
+def test_a_half_written_epoch_file_falls_back_to_the_previous_checkpoint(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_model(), tmp_path, epochs=6, extra=[Interrupt(at=3)])
+    (tmp_path / "keras" / "training_metadata.json").write_text('{"epo')  # killed mid-write
+    resumed, _ = _fit(_model(), tmp_path, epochs=6)
+    assert {len(v) for v in resumed.history.values()} == {6}
+
+
+def test_a_run_early_stopping_had_ended_does_not_train_again(tmp_path):
+    class Flat(keras.callbacks.Callback):  # validation loss never improves after epoch 1
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs["val_loss"] = 1.0 + epoch
+
+    done, stop = _fit(_model(), tmp_path, epochs=20, first=[Flat()], patience=2)
+    assert stop.stopped_epoch == 2 and len(done.history["loss"]) == 3
+    # killed after training ended but before the outputs were saved: run the stage again
+    again, _ = _fit(_model(), tmp_path, epochs=20, first=[Flat()], patience=2)
+    assert len(again.history["loss"]) == 3
+
+
+def test_divergence_guard_raises_at_the_first_nan_batch_and_drops_the_backup(tmp_path):
+    dropped = []
+    guard = DivergenceGuard(on_diverge=lambda: dropped.append(True))
+    guard.on_epoch_begin(2)
+    guard.on_train_batch_end(0, {"d_loss": 0.5, "g_loss": 1.0})
+    with pytest.raises(TrainingDiverged, match=r"at epoch 3, batch 5: g_loss = nan"):
+        guard.on_train_batch_end(4, {"d_loss": 0.5, "g_loss": float("nan")})
+    with pytest.raises(TrainingDiverged, match=r"at epoch 3: val_loss = inf"):
+        guard.on_epoch_end(2, {"loss": 0.1, "val_loss": float("inf"), "accuracy": 0.5})
+    assert dropped == [True, True]
+
+
+def test_backup_folder_is_keyed_by_params_and_data_and_stale_ones_go(tmp_path):
+    from _support import tiny_params
+
+    from deepfit.config import parse_params
+
+    raw = tiny_params()
+    params = parse_params(raw)
+    manifest = {"splits": {"train": {"sha256": "a"}}}
+    first = TrainingBackup.for_run(params.run("tiny"), params, manifest, root=tmp_path)
+    first.folder.mkdir()
+    assert first.folder.name.startswith("tiny-")
+    again = TrainingBackup.for_run(params.run("tiny"), params, manifest, root=tmp_path)
+    assert again.folder == first.folder
+
+    raw["runs"]["tiny"]["units"] = [16]
+    changed = parse_params(raw)
+    other = TrainingBackup.for_run(changed.run("tiny"), changed, manifest, root=tmp_path)
+    assert other.folder != first.folder and not first.folder.exists()  # stale state deleted
+    new_data = {"splits": {"train": {"sha256": "b"}}}
+    moved = TrainingBackup.for_run(changed.run("tiny"), changed, new_data, root=tmp_path)
+    assert moved.folder != other.folder
