@@ -149,7 +149,8 @@ def test_every_run_has_a_fit_verdict_with_evidence(repo):
         for key in ("best_epoch", "val_loss_best", "val_loss_last", "gap_best", "gap_last"):
             assert isinstance(fit[key], int | float), (name, key)
         assert metrics["gradients"]["layers"] >= 2, name
-        assert len(metrics["mlflow"]["run_id"]) == 32, name
+        info = json.loads((root / "reports" / "metrics" / f"{name}.run.json").read_text())
+        assert len(info["mlflow"]["run_id"]) == 32 and info["train"]["seconds"] > 0, name
         rows = (root / "reports/plots" / name / "gradients/norms.csv").read_text().splitlines()
         assert rows[0] == "epoch,layer,norm" and len(rows) > EPOCHS, name
 

@@ -13,9 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_metrics(reports: Path, run: str, test: dict, baseline: dict) -> None:
     (reports / "metrics").mkdir(parents=True, exist_ok=True)
-    train = {"epochs": 3, "best_epoch": 2, "params": 1234, "seconds": 1.5}
+    train = {"epochs": 3, "best_epoch": 2, "params": 1234}
     data = {"test": test, "baseline": baseline, "train": train}
     (reports / "metrics" / f"{run}.json").write_text(json.dumps(data))
+    info = {"mlflow": {"run_id": "0" * 32}, "train": {"seconds": 1.5}}
+    (reports / "metrics" / f"{run}.run.json").write_text(json.dumps(info))
 
 
 def test_rows_pick_key_metric_and_baseline_per_kind(tmp_path):

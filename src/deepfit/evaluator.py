@@ -1,9 +1,10 @@
 """Evaluation of a trained run on its test split, beside baselines fitted on the same split.
 
 ``evaluate_run`` is the one call the evaluate stage makes: it writes ``reports/metrics/<run>.json``
-(sections ``test``, ``baseline``, ``train``, ``fit``, ``gradients``, ``mlflow``), plot data and
-figures, and logs the same numbers, the fit verdict and figures into the MLflow run that
-training created.
+(sections ``test``, ``baseline``, ``train``, ``fit``, ``gradients``: the same for the same params
+and seeds) and ``reports/metrics/<run>.run.json`` (what differs between executions: the MLflow
+run id and name, training wall time), plot data and figures, and logs the same numbers, the fit
+verdict and figures into the MLflow run that training created.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from deepfit import diagnosis, evaluation, figures
 from deepfit.config import Params, RunConfig, flatten
 from deepfit.data.config import DatasetConfig, dataset_kind_and_task
 from deepfit.models import get_spec, load_model
-from deepfit.outputs import atomic_dir, write_json
+from deepfit.outputs import atomic_dir, check_finite, write_json
 from deepfit.training import GRADIENTS_FILE, HISTORY_FILE, MODEL_FILE, RUN_FILE
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ KEY_METRICS = {
 @dataclass(frozen=True)
 class EvalOutputs:
     metrics: Path
+    run_info: Path
     plots_dir: Path
     figures_dir: Path
 
@@ -49,6 +51,7 @@ class EvalOutputs:
     def for_run(cls, name: str, root: Path = Path()) -> EvalOutputs:
         return cls(
             metrics=root / "reports" / "metrics" / f"{name}.json",
+            run_info=root / "reports" / "metrics" / f"{name}.run.json",
             plots_dir=root / "reports" / "plots" / name / "eval",
             figures_dir=root / "reports" / "figures" / name / "evaluation",
         )
@@ -98,11 +101,15 @@ def evaluate_run(
         metrics = {
             "test": test,
             "baseline": baseline,
-            "train": {k: summary[k] for k in ("epochs", "best_epoch", "params", "seconds")},
+            "train": {k: summary[k] for k in ("epochs", "best_epoch", "params")},
             "fit": fit,
             "gradients": gradients,
-            "mlflow": {"run_id": summary["mlflow_run_id"], "run_name": summary.get("run_name")},
         }
+        run_info = {
+            "mlflow": {"run_id": summary["mlflow_run_id"], "run_name": summary.get("run_name")},
+            "train": {"seconds": summary["seconds"]},
+        }
+        check_finite(metrics, str(out.metrics))  # before MLflow sees a number
         with tracking.resume_run(summary["mlflow_run_id"], params.mlflow.experiment, run.name):
             import mlflow
 
@@ -112,7 +119,9 @@ def evaluate_run(
             )
             mlflow.log_artifacts(str(figures_dir), artifact_path="figures/evaluation")
             mlflow.set_tags({"deepfit.evaluation": kind, **fit_tags})
-        write_json(out.metrics, metrics)  # last, so a failure above leaves no metrics file
+        # Last, so a failure above leaves no metrics file.
+        write_json(out.run_info, run_info)
+        write_json(out.metrics, metrics)
     key, _, _ = KEY_METRICS[kind]
     log.info(
         "%s: %s = %.4f; fit: %s (%s)",

@@ -139,17 +139,18 @@ def write_text(path: Path, text: str) -> Path:
 
 def write_json(path: Path, data: Any) -> Path:
     """Atomic JSON with sorted keys; refuses NaN/Inf so no broken number reaches DVC or MLflow."""
-    _check_finite(data, str(path))
+    check_finite(data, str(path))
     return write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def _check_finite(data: Any, where: str, key: str = "") -> None:
+def check_finite(data: Any, where: str, key: str = "") -> None:
+    """Raise NonFiniteError naming the first NaN/Inf in nested dicts and lists."""
     if isinstance(data, float) and not math.isfinite(data):
         at = f" at {key}" if key else ""
         raise NonFiniteError(f"{where}: refusing to write a non-finite number{at} ({data})")
     if isinstance(data, dict):
         for name, value in data.items():
-            _check_finite(value, where, f"{key}.{name}" if key else str(name))
+            check_finite(value, where, f"{key}.{name}" if key else str(name))
     elif isinstance(data, list | tuple):
         for i, value in enumerate(data):
-            _check_finite(value, where, f"{key}[{i}]")
+            check_finite(value, where, f"{key}[{i}]")

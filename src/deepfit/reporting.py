@@ -41,6 +41,8 @@ def summary_rows(params: Params, reports: Path) -> list[dict[str, Any]]:
         key, value, baseline, better = key_metric(metrics, kind)
         train = metrics.get("train", {})
         fit = metrics.get("fit", {})
+        info_path = reports / "metrics" / f"{name}.run.json"
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
         rows.append(
             {
                 "run": name,
@@ -54,7 +56,7 @@ def summary_rows(params: Params, reports: Path) -> list[dict[str, Any]]:
                 "epochs": train.get("epochs"),
                 "best_epoch": train.get("best_epoch"),
                 "params": train.get("params"),
-                "seconds": train.get("seconds"),
+                "seconds": info.get("train", {}).get("seconds", train.get("seconds")),
                 "fit": fit,
                 "gradients": metrics.get("gradients", {}),
             }
@@ -74,7 +76,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['run']} | {r['model']} | {r['dataset']} | {r['metric']} "
             f"| {_num(r['value'])} | {_num(r['baseline'])} ({r['baseline_name']}) "
             f"| {_verdict(r)} | {r['epochs']} ({r['best_epoch']}) | {r['params']:,} "
-            f"| {r['seconds']:.1f} s |"
+            f"| {_seconds(r['seconds'])} |"
         )
     return header + "\n".join(lines) + "\n"
 
@@ -150,6 +152,10 @@ def _verdict(row: dict[str, Any]) -> str:
         return "n/a"
     ratio = value / baseline
     return f"{ratio:.2f}× baseline" if ratio >= 0.1 else f"{ratio:.1g}× baseline"
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} s"
 
 
 def _g(value: float) -> str:

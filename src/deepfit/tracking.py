@@ -107,6 +107,9 @@ def identity_tags(name: str, model: str, dataset: str) -> dict[str, str]:
     exp_name = os.environ.get("DVC_EXP_NAME")
     if exp_name:
         tags["dvc_exp_name"] = exp_name
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV")  # the commit the experiment started from
+    if baseline:
+        tags["dvc_exp_baseline"] = baseline
     tags.update({f"version.{k}": v for k, v in library_versions().items()})
     tags.update(process_tags())
     return tags

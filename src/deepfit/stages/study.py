@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deepfit.stages._cli import parser, stage
+from deepfit.stages._cli import deterministic_ops, parser, stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         data = load_prepared(Path("data/prepared") / study.dataset)
 
         from deepfit.studies import StudyOutputs, run_study
+
+        deterministic_ops()
 
         out = StudyOutputs.for_study(study.name)
         points = run_study(study, params, data, out)
