@@ -108,6 +108,7 @@ def test_gan_is_judged_on_the_discriminator_without_rise_or_underfit_rules():
     assert fit["verdict"] == "good"
     assert fit["best_epoch"] == 3  # a GAN keeps its last epoch
     assert fit["reference_train_loss"] == pytest.approx(GAN_REFERENCE_LOSS)
+    assert "discriminator loss 1.3 on training and 1.3 on validation images" in fit["reasons"]
     memorising = {"d_loss": [1.2, 0.6, 0.3], "val_d_loss": [1.2, 0.9, 0.9]}
     assert diagnose(memorising, CFG, generative=True)["verdict"] == "overfit"
 

@@ -145,6 +145,12 @@ def _verdict(
             f"training skill {e['train_skill']:.2f} at the best epoch is below "
             f"{cfg.underfit_skill:.2f}: the model does not even fit its training data"
         ]
+    if generative:
+        return "good", [
+            f"discriminator loss {e['train_loss_last']:.3g} on training and "
+            f"{e['val_loss_last']:.3g} on validation images (chance: {GAN_REFERENCE_LOSS:.3g}): "
+            "it does not tell them apart"
+        ]
     return "good", [
         f"best epoch {e['best_epoch']} of {e['epochs']}: training skill "
         f"{e['train_skill']:.2f}, validation skill {e['val_skill']:.2f}"
