@@ -88,7 +88,9 @@ def test_train_run_writes_outputs_and_tracks_epochs(tmp_path, monkeypatch):
         "model.keras",
         "run.json",
     ]
-    records = json.loads((model_dir / "gradients.json").read_text())
+    from deepfit.training import read_gradients
+
+    records = read_gradients(model_dir / "gradients.json")
     assert len(records) == 2 and list(records[0]) == ["hidden_1", "output"]
     norms = tmp_path / "reports/plots/fnn/gradients/norms.csv"
     assert norms.read_text().splitlines()[:2][0] == "epoch,layer,norm"
@@ -105,3 +107,25 @@ def test_train_run_writes_outputs_and_tracks_epochs(tmp_path, monkeypatch):
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
     assert run.data.params["arch.units"] == "16"
+
+
+def test_gradient_records_keep_forward_layer_order(tmp_path):
+    """hidden_10 sorts before hidden_2 as text; files and summaries must keep model order."""
+    from deepfit.callbacks import GradientNorms
+    from deepfit.training import gradient_table, read_gradients, write_gradients
+
+    layers = [f"hidden_{i}" for i in range(1, 12)] + ["output"]
+
+    def probe():
+        return {name: float(i) for i, name in enumerate(layers)}
+
+    probe.layers = layers
+    callback = GradientNorms(probe)
+    callback.on_epoch_end(0)
+    callback.records.append(dict(sorted(probe().items())))  # as a resumed backup may hold it
+    records = callback.ordered_records()
+    assert [list(r) for r in records] == [layers, layers]
+    write_gradients(tmp_path / "g.json", records)
+    assert [list(r) for r in read_gradients(tmp_path / "g.json")] == [layers, layers]
+    assert gradient_table(records).splitlines()[1:3] == ["1,hidden_1,0.0", "1,hidden_2,1.0"]
+    assert read_gradients(tmp_path / "missing.json") == []

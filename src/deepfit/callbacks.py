@@ -52,6 +52,13 @@ class GradientNorms(keras.callbacks.Callback):
         self.probe = probe
         self.on_record = on_record
         self.records: list[dict[str, float]] = []
+        self.layers: list[str] = list(getattr(probe, "layers", []))  # forward order
+
+    def ordered_records(self) -> list[dict[str, float]]:
+        """``records`` with every epoch's layers in forward order (a resume may reorder keys)."""
+        if not self.layers:
+            return list(self.records)
+        return [{name: r[name] for name in self.layers} for r in self.records]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         norms = self.probe()
@@ -84,7 +91,7 @@ def gradient_probe(model: keras.Model, x, y) -> Callable[[], dict[str, float]]:
             loss = keras.ops.mean(loss_fn(y, model(x, training=False)))
         return _squared_norms(groups, tape.gradient(loss, _flat(groups)))
 
-    return lambda: _as_norms(groups, squared_norms())
+    return _named_probe(groups, squared_norms)
 
 
 def gan_gradient_probe(model: keras.Model, real, seed: int) -> Callable[[], dict[str, float]]:
@@ -104,7 +111,15 @@ def gan_gradient_probe(model: keras.Model, real, seed: int) -> Callable[[], dict
             d_groups, tape.gradient(d_loss, _flat(d_groups))
         )
 
-    return lambda: _as_norms(groups + d_groups, squared_norms())
+    return _named_probe(groups + d_groups, squared_norms)
+
+
+def _named_probe(groups: list[tuple[str, list]], squared_norms: Callable[[], list]):
+    def probe() -> dict[str, float]:
+        return _as_norms(groups, squared_norms())
+
+    probe.layers = [name for name, _ in groups]  # type: ignore[attr-defined]
+    return probe
 
 
 def _flat(groups: list[tuple[str, list]]) -> list:

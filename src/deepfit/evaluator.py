@@ -22,7 +22,7 @@ from deepfit.config import Params, RunConfig, flatten
 from deepfit.data.config import DatasetConfig, dataset_kind_and_task
 from deepfit.models import get_spec, load_model
 from deepfit.outputs import atomic_dir, check_finite, write_json
-from deepfit.training import GRADIENTS_FILE, HISTORY_FILE, MODEL_FILE, RUN_FILE
+from deepfit.training import GRADIENTS_FILE, HISTORY_FILE, MODEL_FILE, RUN_FILE, read_gradients
 
 if TYPE_CHECKING:
     from deepfit.data import Prepared
@@ -145,8 +145,7 @@ def diagnose_run(
         reference = diagnosis.reference_losses(data.train[1], data.val[1], data.spec.task)
     metric = {"classification": "accuracy", "generative": None}.get(kind, "mae")
     fit = diagnosis.diagnose(history, params.fit, reference, generative, metric)
-    records_path = model_dir / GRADIENTS_FILE
-    records = json.loads(records_path.read_text()) if records_path.exists() else []
+    records = read_gradients(model_dir / GRADIENTS_FILE)
     return fit, diagnosis.gradient_summary(records, params.fit)
 
 

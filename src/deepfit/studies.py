@@ -161,7 +161,7 @@ def _variant(
         started = time.perf_counter()
         history = fit(model, data, run.train, callbacks, generative=False)
         seconds = time.perf_counter() - started
-        records = grads.records if grads is not None else []
+        records = grads.ordered_records() if grads is not None else []
         verdict = diagnosis.diagnose(history, params.fit, reference, metric=metric)
         grad_summary = diagnosis.gradient_summary(records, params.fit)
         metrics, fit_tags = diagnosis.mlflow_payload(verdict, grad_summary)

@@ -185,6 +185,23 @@ def gradient_callback(
     return GradientNorms(probe, log)
 
 
+def write_gradients(path: Path, records: list[dict[str, float]]) -> None:
+    """Per-epoch gradient norms as ``{"layers": [...forward order], "norms": [[...], ...]}``
+    (JSON objects would lose the layer order to sorted keys)."""
+    layers = list(records[0])
+    write_json(path, {"layers": layers, "norms": [[r[name] for name in layers] for r in records]})
+
+
+def read_gradients(path: Path) -> list[dict[str, float]]:
+    """What ``write_gradients`` wrote, back as one ``{layer: norm}`` per epoch in layer order."""
+    import json
+
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    return [dict(zip(data["layers"], norms, strict=True)) for norms in data["norms"]]
+
+
 def gradient_table(records: list[dict[str, float]]) -> str:
     """Long-format CSV (epoch,layer,norm) of per-epoch gradient norms, for DVC plots."""
     buffer = io.StringIO()
@@ -284,10 +301,10 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
         figures.run_curves_png(history, figures_dir / "learning_curves.png", title=run.name)
         for metric, table in curve_tables(history).items():
             (curves_dir / f"{metric}.csv").write_text(table)
-        records = gradients.records if gradients is not None else []
+        records = gradients.ordered_records() if gradients is not None else []
         (gradients_dir / "norms.csv").write_text(gradient_table(records))
         if records:
-            write_json(model_dir / GRADIENTS_FILE, records)
+            write_gradients(model_dir / GRADIENTS_FILE, records)
             figures.gradient_norms_png(records, figures_dir / "gradients.png", title=run.name)
 
         mlflow.log_metrics(
