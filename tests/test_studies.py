@@ -143,6 +143,12 @@ def test_tiny_study_writes_table_figure_and_grouped_mlflow_runs(tmp_path, monkey
     table = out.table.read_text()
     assert "| variant | parameters |" in table and "**" in table
     assert out.figure.stat().st_size > 10_000
+    saved = sorted(p.relative_to(out.runs_dir).as_posix() for p in out.runs_dir.rglob("*.json"))
+    assert saved == sorted(
+        f"{v}/{f}"
+        for v in ("none", "dropout", "l2", "early_stopping")
+        for f in ("gradients.json", "history.json")
+    )
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs(

@@ -3,8 +3,10 @@
 ``capacity`` varies the model's size, ``regularisation`` its regularisers, ``activation`` its
 activation function; every variant gets the same fit verdict as a pipeline run (see
 ``deepfit.diagnosis``). A study writes ``reports/studies/<study>.md`` and ``.csv`` (one row per
-variant), the figure ``reports/figures/studies/<study>.png``, and an MLflow parent run
-``study:<study>`` with one child run per variant.
+variant), the figure ``reports/figures/studies/<study>.png``, every variant's history and
+gradient norms under ``models/studies/<study>/`` (in DVC's cache, not git, so a fresh clone
+runs the study and fills its own MLflow store), and an MLflow parent run ``study:<study>`` with
+one child run per variant.
 """
 
 from __future__ import annotations
@@ -21,8 +23,15 @@ from deepfit import diagnosis, figures
 from deepfit.config import Params, StudyConfig
 from deepfit.data import DataError
 from deepfit.models import get_spec
-from deepfit.outputs import write_text
-from deepfit.training import compile_model, fit, gradient_callback, standard_callbacks
+from deepfit.outputs import atomic_dir, write_json, write_text
+from deepfit.training import (
+    HISTORY_FILE,
+    compile_model,
+    fit,
+    gradient_callback,
+    standard_callbacks,
+    write_gradients,
+)
 
 if TYPE_CHECKING:
     from deepfit.config import RunConfig
@@ -60,6 +69,7 @@ class StudyOutputs:
     table: Path
     csv: Path
     figure: Path
+    runs_dir: Path
 
     @classmethod
     def for_study(cls, name: str, root: Path = Path()) -> StudyOutputs:
@@ -67,6 +77,7 @@ class StudyOutputs:
             table=root / "reports" / "studies" / f"{name}.md",
             csv=root / "reports" / "studies" / f"{name}.csv",
             figure=root / "reports" / "figures" / "studies" / f"{name}.png",
+            runs_dir=root / "models" / "studies" / name,
         )
 
 
@@ -97,12 +108,15 @@ def run_study(
     metric = "accuracy" if data.spec.task == "classification" else None
     flat = {"study.kind": study.kind, "study.train_size": study.train_size or len(data.train[0])}
     points, histories, gradients = [], {}, {}
-    with tracking.start_run(
-        study.base,
-        params.mlflow.experiment,
-        flat,
-        name=f"study:{study.name}",
-        tags={"deepfit.study": study.name, "deepfit.study.kind": study.kind},
+    with (
+        tracking.start_run(
+            study.base,
+            params.mlflow.experiment,
+            flat,
+            name=f"study:{study.name}",
+            tags={"deepfit.study": study.name, "deepfit.study.kind": study.kind},
+        ),
+        atomic_dir(out.runs_dir) as runs_dir,
     ):
         import mlflow
 
@@ -112,6 +126,9 @@ def run_study(
             points.append(point)
             histories[name] = history
             gradients[name] = records
+            write_json(runs_dir / name / HISTORY_FILE, history)
+            if records:
+                write_gradients(runs_dir / name / "gradients.json", records)
         table = markdown_table(study, points)
         write_text(out.csv, csv_table(points))
         write_text(out.table, table)
