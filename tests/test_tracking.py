@@ -80,18 +80,46 @@ def test_resume_logs_into_the_same_run(store):
     assert stored.data.metrics["test.accuracy"] == 0.5
 
 
-def test_epoch_logger_uses_one_based_epoch_steps():
+def test_epoch_logger_uses_one_based_epoch_steps_and_sends_pending_rows_at_the_end():
     from deepfit.callbacks import EpochMetricsLogger
 
-    calls = []
-    logger = EpochMetricsLogger(lambda values, step: calls.append((values, step)))
+    sent = []
+    logger = EpochMetricsLogger(sent.append, share=1.0)  # send after every epoch
     logger.on_epoch_end(0, {"loss": 0.5, "val_loss": 0.75})
+    logger.add({"grad_norm.dense": 0.25}, 1)
     logger.on_epoch_end(1, {"loss": float("nan"), "note": "text"})
     logger.on_epoch_end(2, None)
-    assert calls == [
-        ({"loss": 0.5, "val_loss": 0.75}, 1),
-        ({"loss": pytest.approx(float("nan"), nan_ok=True)}, 2),
+    logger.on_train_end()
+    assert sent == [
+        [(1, {"loss": 0.5, "val_loss": 0.75})],
+        [(1, {"grad_norm.dense": 0.25}), (2, {"loss": pytest.approx(float("nan"), nan_ok=True)})],
     ]
+
+
+def test_epoch_logger_batches_rows_while_sending_is_slow():
+    from deepfit.callbacks import EpochMetricsLogger
+
+    sent = []
+    logger = EpochMetricsLogger(sent.append, share=1e-9)  # the first send "costs" the rest
+    for epoch in range(5):
+        logger.on_epoch_end(epoch, {"loss": float(epoch)})
+    assert [[step for step, _ in batch] for batch in sent] == [[1]]
+    logger.flush()
+    assert [[step for step, _ in batch] for batch in sent] == [[1], [2, 3, 4, 5]]
+
+
+def test_throttle_keeps_a_chore_below_its_share_of_the_time():
+    from deepfit.callbacks import Throttle
+
+    now = [0.0]
+    throttle = Throttle(0.1, clock=lambda: now[0])
+    assert throttle.due()  # the first run is always due
+    with throttle.timed():
+        now[0] += 0.5  # the chore takes 0.5 s: next due 5 s after it ended
+    now[0] += 4.9
+    assert not throttle.due()
+    now[0] += 0.1
+    assert throttle.due()
 
 
 def test_resuming_a_run_missing_from_the_store_says_how_to_recover(store):

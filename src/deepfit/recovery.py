@@ -4,8 +4,10 @@
 history so far, early-stopping and plateau counters, gradient records, GAN sample grids), under
 ``.dvc/tmp/deepfit/backups/<run>-<key>/``: outside DVC's outputs, and keyed by a hash of the
 run's resolved params, its data and deepfit's code, so a changed run never resumes from stale
-state. A killed stage that runs again resumes after its last completed epoch; the folder is
-deleted once the stage succeeds. ``DivergenceGuard`` fails training at the first NaN/Inf loss.
+state. A killed stage that runs again resumes after its last backed-up epoch; the folder is
+deleted once the stage succeeds. Backups are throttled to about 2 % of the training time (every
+epoch when epochs are slow, every few epochs when they take milliseconds), so a kill loses at
+most a few seconds of training. ``DivergenceGuard`` fails training at the first NaN/Inf loss.
 
 Imports Keras at module level: only training code imports this module.
 """
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from deepfit.callbacks import Throttle
 from deepfit.outputs import write_text
 
 if TYPE_CHECKING:
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 BACKUP_ROOT = Path(".dvc") / "tmp" / "deepfit" / "backups"
 STATE_FILE = "state.json"
+BACKUP_SHARE = 0.02  # backups take at most about this share of the training time
 KERAS_FILES = ("latest.weights.h5", "training_metadata.json")  # what BackupAndRestore writes
 # What Keras' BackupAndRestore leaves out, per callback class: restored after a restart so
 # early stopping counts patience and keeps the best weights across it.
@@ -50,27 +54,23 @@ class TrainingDiverged(FloatingPointError):
 
 class DivergenceGuard(keras.callbacks.Callback):
     """Like ``TerminateOnNaN(raise_error=True)``, but over every loss in the logs (a GAN logs
-    ``d_loss`` and ``g_loss``, not ``loss``) and the validation losses too.
+    ``d_loss`` and ``g_loss``, not ``loss``), the validation losses too, and at the end of each
+    epoch instead of after every batch (a per-batch hook would make every training step wait
+    for the previous one). An epoch's mean loss is NaN or infinite when any of its batches was.
 
     It raises at once, so the diverged epoch is never logged, backed up or saved; put it first
-    in the callback list. ``on_diverge`` runs just before (e.g. to drop a backup).
+    in the callback list. ``on_diverge`` runs just before (e.g. to drop a backup). With
+    ``raise_error=False`` it stops training instead (a study keeps its diverged variants).
     """
 
-    def __init__(self, on_diverge: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, on_diverge: Callable[[], None] | None = None, raise_error: bool = True
+    ) -> None:
         super().__init__()
         self.on_diverge = on_diverge
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._epoch = epoch + 1
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._check(logs, f"epoch {self._epoch}, batch {batch + 1}")
+        self.raise_error = raise_error
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._check(logs, f"epoch {epoch + 1}")
-
-    def _check(self, logs: dict | None, where: str) -> None:
         bad = {
             k: float(v) for k, v in (logs or {}).items() if k.endswith("loss") and not _finite(v)
         }
@@ -79,9 +79,13 @@ class DivergenceGuard(keras.callbacks.Callback):
         if self.on_diverge is not None:
             self.on_diverge()
         values = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        message = f"training diverged at epoch {epoch + 1}: {values}"
+        if not self.raise_error:
+            log.warning("%s; training stopped", message)
+            self.model.stop_training = True
+            return
         raise TrainingDiverged(
-            f"training diverged at {where}: {values}; lower train.optimizer.learning_rate "
-            "or set train.optimizer.clipnorm"
+            f"{message}; lower train.optimizer.learning_rate or set train.optimizer.clipnorm"
         )
 
 
@@ -149,10 +153,10 @@ class TrainingBackup:
         run_id: str,
         callbacks: list[keras.callbacks.Callback],
         carry: Path | None = None,
-        log_metrics: Callable[..., None] | None = None,
+        log_rows: Callable[[list[tuple[int, dict[str, float]]]], None] | None = None,
     ) -> BackupCallback:
         """The callback to append last to ``callbacks`` (it saves their state after theirs)."""
-        self.callback = BackupCallback(self.folder, run_id, callbacks, carry, log_metrics)
+        self.callback = BackupCallback(self.folder, run_id, callbacks, carry, log_rows)
         return self.callback
 
     @property
@@ -171,10 +175,11 @@ class TrainingBackup:
 
 
 class BackupCallback(keras.callbacks.Callback):
-    """Keras' ``BackupAndRestore`` plus deepfit's own state, saved together after each epoch.
+    """Keras' ``BackupAndRestore`` plus deepfit's own state, saved together after an epoch when
+    the ``Throttle`` allows (backups then cost at most ``share`` of the training time).
 
     Order on disk: deepfit's state for epoch k, then Keras' weights and epoch k. A kill between
-    the two leaves Keras one epoch behind; restoring uses the state snapshot of Keras' epoch
+    the two leaves Keras one backup behind; restoring uses the state snapshot of Keras' epoch
     (the last two are kept), so both always describe the same epoch.
     """
 
@@ -184,7 +189,8 @@ class BackupCallback(keras.callbacks.Callback):
         run_id: str,
         callbacks: list[keras.callbacks.Callback],
         carry: Path | None,
-        log_metrics: Callable[..., None] | None,
+        log_rows: Callable[[list[tuple[int, dict[str, float]]]], None] | None,
+        share: float = BACKUP_SHARE,
     ) -> None:
         super().__init__()
         self.folder = folder
@@ -193,7 +199,8 @@ class BackupCallback(keras.callbacks.Callback):
             (c, STATEFUL[type(c).__name__]) for c in callbacks if type(c).__name__ in STATEFUL
         ]
         self.carry = carry
-        self.log_metrics = log_metrics
+        self.log_rows = log_rows
+        self.throttle = Throttle(share)
         self.keras_backup = keras.callbacks.BackupAndRestore(
             str(folder / "keras"), double_checkpoint=True, delete_checkpoint=False
         )
@@ -278,15 +285,23 @@ class BackupCallback(keras.callbacks.Callback):
             self.folder,
             state.get("mlflow_run_id"),
         )
-        if self.log_metrics is not None:  # the new MLflow run gets the whole curve
-            for epoch in range(done):
-                values = {k: v[epoch] for k, v in self.history.items() if epoch < len(v)}
-                self.log_metrics(values, step=epoch + 1)
+        if self.log_rows is not None:  # the new MLflow run gets the whole curve
+            self.log_rows(
+                [
+                    (epoch + 1, {k: v[epoch] for k, v in self.history.items() if epoch < len(v)})
+                    for epoch in range(done)
+                ]
+            )
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         for key, value in (logs or {}).items():
             if _is_number(value):
                 self.history.setdefault(key, []).append(float(value))
+        if self.throttle.due():
+            with self.throttle.timed():
+                self._backup(epoch, logs)
+
+    def _backup(self, epoch: int, logs: dict | None) -> None:
         if self.carry is not None and self.carry.is_dir():
             shutil.copytree(self.carry, self.folder / "files", dirs_exist_ok=True)
         self._save_state(epoch + 1)

@@ -153,6 +153,7 @@ def _variant(
 
     from deepfit import tracking
     from deepfit.callbacks import EpochMetricsLogger
+    from deepfit.recovery import DivergenceGuard
 
     spec = get_spec(run.model)
     keras.utils.set_random_seed(params.seeds.train)
@@ -166,17 +167,20 @@ def _variant(
     ):
         # Without early stopping the last epoch's weights stay: the study shows what training
         # for that long does, including overfitting.
-        callbacks = (
-            standard_callbacks(run.train, generative=False)
-            if run.train.early_stopping.enabled
-            else [keras.callbacks.TerminateOnNaN()]
+        logger = EpochMetricsLogger()
+        callbacks = [DivergenceGuard(raise_error=False), logger]  # a diverged variant stops
+        if run.train.early_stopping.enabled:
+            callbacks += standard_callbacks(run.train, generative=False)
+        grads = gradient_callback(
+            model, data, run.train, params.seeds.train, generative=False, logger=logger
         )
-        callbacks.append(EpochMetricsLogger())
-        grads = gradient_callback(model, data, run.train, params.seeds.train, generative=False)
         if grads is not None:
             callbacks.append(grads)
         started = time.perf_counter()
-        history = fit(model, data, run.train, callbacks, generative=False)
+        try:
+            history = fit(model, data, run.train, callbacks, generative=False)
+        finally:
+            logger.flush()
         seconds = time.perf_counter() - started
         records = grads.ordered_records() if grads is not None else []
         verdict = diagnosis.diagnose(history, params.fit, reference, metric=metric)

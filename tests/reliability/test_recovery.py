@@ -37,10 +37,11 @@ def _model() -> keras.Model:
     return model
 
 
-def _fit(model, folder, epochs, extra=(), patience=3, first=()):
+def _fit(model, folder, epochs, extra=(), patience=3, first=(), share=1.0):
+    """Fit with early stopping and a backup (after every epoch unless ``share`` < 1)."""
     stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
     callbacks = [*first, stop, *extra]
-    backup = BackupCallback(folder, "run-id", callbacks, carry=None, log_metrics=None)
+    backup = BackupCallback(folder, "run-id", callbacks, carry=None, log_rows=None, share=share)
     x, y = _data()
     model.fit(
         x,
@@ -71,6 +72,17 @@ def test_an_interrupted_fit_resumes_to_the_same_weights_as_an_uninterrupted_one(
     assert (resumed_stop.best, resumed_stop.best_epoch) == (stop.best, stop.best_epoch)
 
 
+def test_a_throttled_backup_resumes_from_its_last_backup_to_the_same_weights(tmp_path):
+    whole, _ = _fit(_model(), tmp_path / "whole", epochs=8)
+    with pytest.raises(KeyboardInterrupt):  # backs up after epoch 1 only: the chore is too slow
+        _fit(_model(), tmp_path / "cut", epochs=8, extra=[Interrupt(at=5)], share=1e-9)
+    assert json.loads((tmp_path / "cut" / "state.json").read_text())["epochs"] == 1
+    resumed, _ = _fit(_model(), tmp_path / "cut", epochs=8)
+    weights = resumed.model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(weights, whole.model.get_weights(), strict=True))
+    assert resumed.history == whole.history
+
+
 def test_a_half_written_epoch_file_falls_back_to_the_previous_checkpoint(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _fit(_model(), tmp_path, epochs=6, extra=[Interrupt(at=3)])
@@ -91,16 +103,27 @@ def test_a_run_early_stopping_had_ended_does_not_train_again(tmp_path):
     assert len(again.history["loss"]) == 3
 
 
-def test_divergence_guard_raises_at_the_first_nan_batch_and_drops_the_backup(tmp_path):
+def test_divergence_guard_raises_at_the_first_nan_epoch_and_drops_the_backup(tmp_path):
     dropped = []
     guard = DivergenceGuard(on_diverge=lambda: dropped.append(True))
-    guard.on_epoch_begin(2)
-    guard.on_train_batch_end(0, {"d_loss": 0.5, "g_loss": 1.0})
-    with pytest.raises(TrainingDiverged, match=r"at epoch 3, batch 5: g_loss = nan"):
-        guard.on_train_batch_end(4, {"d_loss": 0.5, "g_loss": float("nan")})
+    guard.on_epoch_end(1, {"d_loss": 0.5, "g_loss": 1.0})
+    assert dropped == []
+    with pytest.raises(TrainingDiverged, match=r"at epoch 3: g_loss = nan"):
+        guard.on_epoch_end(2, {"d_loss": 0.5, "g_loss": float("nan")})
     with pytest.raises(TrainingDiverged, match=r"at epoch 3: val_loss = inf"):
         guard.on_epoch_end(2, {"loss": 0.1, "val_loss": float("inf"), "accuracy": 0.5})
     assert dropped == [True, True]
+
+
+def test_divergence_guard_can_stop_training_instead_of_failing():
+    x, y = _data()
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(1e6), loss="mse")  # diverges at once
+    guard = DivergenceGuard(raise_error=False)
+    history = model.fit(x, y, epochs=50, batch_size=16, verbose=0, callbacks=[guard])
+    losses = history.history["loss"]
+    assert len(losses) < 50 and not np.isfinite(losses[-1])
+    assert np.isfinite(losses[:-1]).all()
 
 
 def test_backup_folder_is_keyed_by_params_and_data_and_stale_ones_go(tmp_path):

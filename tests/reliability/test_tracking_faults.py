@@ -137,6 +137,7 @@ with tracking.start_run(run, "concurrent", {"writer": sys.argv[1]}):
     logger = EpochMetricsLogger()
     for epoch in range(int(sys.argv[2])):
         logger.on_epoch_end(epoch, {"loss": 1 / (epoch + 1), "val_loss": 2.0, "accuracy": 0.5})
+    logger.on_train_end()
 """
 
 
