@@ -51,8 +51,8 @@ plots: setup  ## render every DVC plot to dvc_plots/index.html
 metrics: setup
 	dvc metrics show
 
-bench: setup  ## cold `dvc repro` in a temporary copy: time and quality targets (minutes)
-	python benchmarks/pipeline_targets.py --json reports/benchmarks.json
+bench: setup  ## speed and quality targets P1-P6, Q1-Q5 in temporary copies (~15 min): reports/benchmarks.md
+	python benchmarks/bench.py
 
 lint: setup
 	ruff check . && ruff format --check .

@@ -1,8 +1,9 @@
 """The bare Keras script P1 compares the pipeline's training with.
 
 Same model (built by deepfit's model builder, so it is layer for layer the run's model), same
-optimizer, loss, batch size, epochs, seed and data as ``train@<run>``; everything else is plain
-Keras: ``compile`` and ``fit(verbose=0)`` with no callbacks, no tracking, no op determinism.
+optimizer, loss, batch size, steps per execution, epochs, seed and data as ``train@<run>``;
+everything else is plain Keras: ``compile`` and ``fit(verbose=0)`` with no callbacks, no
+tracking, no op determinism. ``--steps-per-execution 1`` gives Keras' default instead.
 Prints one JSON line: fit seconds, epochs run and training samples.
 
 Usage (from the repository root, after ``prepare``):
@@ -21,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--run", required=True)
     cli.add_argument("--params", default="params.yaml")
+    cli.add_argument(
+        "--steps-per-execution",
+        type=int,
+        help="override the run's train.steps_per_execution (1: Keras' default)",
+    )
     args = cli.parse_args(argv)
 
     from deepfit.config import load_params
@@ -43,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         optimizer=make_optimizer(run.train.optimizer, run.train.schedule, steps * run.train.epochs),
         loss="sparse_categorical_crossentropy" if classification else "mse",
         metrics=["accuracy" if classification else "mae"],
+        steps_per_execution=args.steps_per_execution or run.train.steps_per_execution,
     )
     started = time.perf_counter()
     history = model.fit(

@@ -110,11 +110,26 @@ class EpochProgress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         seconds = time.perf_counter() - self._started
-        values = " - ".join(
-            f"{k} {float(v):.4g}" for k, v in (logs or {}).items() if _is_number(v)
-        )
+        values = " - ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items() if _is_number(v))
         total = self.params.get("epochs", "?") if self.params else "?"
         self._write(f"Epoch {epoch + 1}/{total}: {seconds:.2f} s - {values}")
+
+
+class FirstStep(keras.callbacks.Callback):
+    """Wall-clock time (``time.time()``) at which the first training step had run: the start of
+    the second compiled call, or the end of the first epoch if that comes first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: float | None = None
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self.at is None and batch > 0:
+            self.at = time.time()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.at is None:
+            self.at = time.time()
 
 
 class GradientNorms(keras.callbacks.Callback):

@@ -99,6 +99,7 @@ class ScorerConfig(_Strict):
     dataset: str
     epochs: int = Field(40, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1)
+    steps_per_execution: int = Field(1, ge=1, le=10_000)  # as train.steps_per_execution
     seed: int = Field(0, ge=0)
 
 

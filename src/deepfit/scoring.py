@@ -31,18 +31,25 @@ def train_scorer(cfg: ScorerConfig, data: Prepared, out_dir: Path) -> dict[str, 
     import keras
     import numpy as np
 
+    from deepfit.callbacks import EpochProgress
+
     spec = get_spec("cnn")
     keras.utils.set_random_seed(cfg.seed)
     model = spec.build(spec.config.model_validate(SCORER_ARCH), data.spec)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=cfg.steps_per_execution,
+    )
     stop = keras.callbacks.EarlyStopping(patience=8, restore_best_weights=True)
     model.fit(
         *data.train,
         validation_data=data.val,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
-        callbacks=[stop],
-        verbose=2,
+        callbacks=[stop, EpochProgress()],
+        verbose=0,
     )
     x_test, y_test = data.test
     accuracy = float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=1) == y_test))

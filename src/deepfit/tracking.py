@@ -293,7 +293,9 @@ def log_epoch_rows(rows: list[tuple[int, Mapping[str, float]]], run_id: str | No
     run_id = run_id or mlflow.active_run().info.run_id
     now = int(time.time() * 1000)
     metrics = [
-        Metric(key, float(value), now, step) for step, values in rows for key, value in values.items()
+        Metric(key, float(value), now, step)
+        for step, values in rows
+        for key, value in values.items()
     ]
     client = mlflow.MlflowClient()
     for start in range(0, len(metrics), 1000):  # the REST API's limit per request

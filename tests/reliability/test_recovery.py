@@ -79,7 +79,9 @@ def test_a_throttled_backup_resumes_from_its_last_backup_to_the_same_weights(tmp
     assert json.loads((tmp_path / "cut" / "state.json").read_text())["epochs"] == 1
     resumed, _ = _fit(_model(), tmp_path / "cut", epochs=8)
     weights = resumed.model.get_weights()
-    assert all(np.array_equal(a, b) for a, b in zip(weights, whole.model.get_weights(), strict=True))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(weights, whole.model.get_weights(), strict=True)
+    )
     assert resumed.history == whole.history
 
 
