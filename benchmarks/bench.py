@@ -612,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     order = ["L1", "L2", "P1", "P1b", "P2", "P3", "P4", "P5", "P6", "Q1", "Q2", "Q3", "Q4", "Q5"]
     rows.sort(key=lambda r: order.index(r["id"]))
     missing = [rid for rid in order if rid not in {r["id"] for r in rows}]
-    rows += [row(rid, "not measured: the benchmark stopped early", "", "", False) for rid in missing]
+    gone = "not measured: the benchmark stopped early"
+    rows += [row(rid, gone, "", "", False) for rid in missing]
     result = {
         "machine": info,
         "seconds": time.perf_counter() - started,
