@@ -1,9 +1,12 @@
 """The bare Keras script P1 compares the pipeline's training with.
 
 Same model (built by deepfit's model builder, so it is layer for layer the run's model), same
-optimizer, loss, batch size, steps per execution, epochs, seed and data as ``train@<run>``;
-everything else is plain Keras: ``compile`` and ``fit(verbose=0)`` with no callbacks, no
-tracking, no op determinism. ``--steps-per-execution 1`` gives Keras' default instead.
+optimizer, loss, batch size, steps per execution, input pipeline (deepfit's ``tf.data``
+batches), epochs, seed and data as ``train@<run>``; everything else is plain Keras: ``compile``
+and ``fit(verbose=0)`` with no callbacks, no tracking, no op determinism.
+
+``--keras-defaults`` is the script a user would write first: NumPy arrays into ``fit`` and
+``steps_per_execution=1``.
 Prints one JSON line: fit seconds, epochs run and training samples.
 
 Usage (from the repository root, after ``prepare``):
@@ -23,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--run", required=True)
     cli.add_argument("--params", default="params.yaml")
     cli.add_argument(
-        "--steps-per-execution",
-        type=int,
-        help="override the run's train.steps_per_execution (1: Keras' default)",
+        "--keras-defaults",
+        action="store_true",
+        help="NumPy arrays into fit and steps_per_execution=1 instead of the run's settings",
     )
     args = cli.parse_args(argv)
 
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from deepfit.training import make_optimizer
+    from deepfit.training import input_pipeline, make_optimizer
 
     keras.utils.set_random_seed(params.seeds.train)
     model = get_spec(run.model).build(run.arch, data.spec)
@@ -49,16 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         optimizer=make_optimizer(run.train.optimizer, run.train.schedule, steps * run.train.epochs),
         loss="sparse_categorical_crossentropy" if classification else "mse",
         metrics=["accuracy" if classification else "mae"],
-        steps_per_execution=args.steps_per_execution or run.train.steps_per_execution,
+        steps_per_execution=1 if args.keras_defaults else run.train.steps_per_execution,
     )
+    if args.keras_defaults:
+        x, y = data.train
+        inputs = {"x": x, "y": y, "validation_data": data.val, "batch_size": run.train.batch_size}
+    else:
+        train, val = input_pipeline(data, run.train.batch_size, params.seeds.train, False)
+        inputs = {"x": train, "validation_data": val}
     started = time.perf_counter()
-    history = model.fit(
-        *data.train,
-        validation_data=data.val,
-        epochs=run.train.epochs,
-        batch_size=run.train.batch_size,
-        verbose=0,
-    )
+    history = model.fit(**inputs, epochs=run.train.epochs, verbose=0)
     seconds = time.perf_counter() - started
     result = {
         "run": run.name,

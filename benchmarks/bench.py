@@ -230,8 +230,7 @@ def seeds_loop(repo: Path, runs: list[str], seeds: list[int]) -> dict[str, Any]:
                         name,
                         "--params",
                         params,
-                        "--steps-per-execution",
-                        "1",
+                        "--keras-defaults",
                     ],
                     repo,
                 ).stdout.splitlines()[-1]

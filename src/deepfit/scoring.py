@@ -32,6 +32,7 @@ def train_scorer(cfg: ScorerConfig, data: Prepared, out_dir: Path) -> dict[str, 
     import numpy as np
 
     from deepfit.callbacks import EpochProgress
+    from deepfit.training import input_pipeline
 
     spec = get_spec("cnn")
     keras.utils.set_random_seed(cfg.seed)
@@ -43,11 +44,11 @@ def train_scorer(cfg: ScorerConfig, data: Prepared, out_dir: Path) -> dict[str, 
         steps_per_execution=cfg.steps_per_execution,
     )
     stop = keras.callbacks.EarlyStopping(patience=8, restore_best_weights=True)
+    train, val = input_pipeline(data, cfg.batch_size, cfg.seed, generative=False)
     model.fit(
-        *data.train,
-        validation_data=data.val,
+        train,
+        validation_data=val,
         epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
         callbacks=[stop, EpochProgress()],
         verbose=0,
     )

@@ -178,7 +178,7 @@ def _variant(
             callbacks.append(grads)
         started = time.perf_counter()
         try:
-            history = fit(model, data, run.train, callbacks, generative=False)
+            history = fit(model, data, run.train, callbacks, False, params.seeds.train)
         finally:
             logger.flush()
         seconds = time.perf_counter() - started

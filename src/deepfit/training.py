@@ -21,6 +21,7 @@ from deepfit.outputs import atomic_dir, write_json
 if TYPE_CHECKING:
     import keras
     import numpy as np
+    import tensorflow as tf
 
     from deepfit.callbacks import EpochMetricsLogger, GradientNorms
     from deepfit.data import Prepared
@@ -141,38 +142,48 @@ def standard_callbacks(cfg: TrainConfig, generative: bool) -> list[keras.callbac
     return callbacks
 
 
+def input_pipeline(
+    data: Prepared, batch_size: int, seed: int, generative: bool
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Training batches reshuffled every epoch (seeded) and fixed validation batches.
+
+    ``fit`` on NumPy arrays builds a new indexing pipeline every epoch, for the training and the
+    validation data: about 0.1-0.2 s per epoch on 2 cores, more than the training steps of a
+    small model. These datasets are built once; the arrays stay in memory.
+    """
+    import tensorflow as tf
+
+    def batches(split: tuple, shuffle: bool) -> tf.data.Dataset:
+        x, y = split
+        dataset = tf.data.Dataset.from_tensor_slices(x if generative else (x, y))
+        if shuffle:
+            dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        else:
+            dataset = dataset.cache()
+        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    return batches(data.train, shuffle=True), batches(data.val, shuffle=False)
+
+
 def fit(
     model: keras.Model,
     data: Prepared,
     cfg: TrainConfig,
     callbacks: list[keras.callbacks.Callback],
     generative: bool,
+    seed: int,
 ) -> dict[str, list[float]]:
     """Run ``model.fit`` with one progress line per epoch; return the per-epoch history."""
     from deepfit.callbacks import EpochProgress
 
-    x_train, y_train = data.train
-    x_val, y_val = data.val
-    callbacks = [*callbacks, EpochProgress()]
-    if generative:
-        history = model.fit(
-            x_train,
-            validation_data=(x_val,),
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            callbacks=callbacks,
-            verbose=0,
-        )
-    else:
-        history = model.fit(
-            x_train,
-            y_train,
-            validation_data=(x_val, y_val),
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            callbacks=callbacks,
-            verbose=0,
-        )
+    train, val = input_pipeline(data, cfg.batch_size, seed, generative)
+    history = model.fit(
+        train,
+        validation_data=val,
+        epochs=cfg.epochs,
+        callbacks=[*callbacks, EpochProgress()],
+        verbose=0,
+    )
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 
@@ -308,7 +319,7 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
         )
         started = time.perf_counter()
         try:
-            fit(model, data, run.train, callbacks, spec.generative)
+            fit(model, data, run.train, callbacks, spec.generative, params.seeds.train)
         finally:
             logger.flush()  # also the curve up to a failure or an interruption
         history = backup.history  # every epoch, also those of an interrupted attempt
