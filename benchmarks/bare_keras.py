@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = {"x": x, "y": y, "validation_data": data.val, "batch_size": run.train.batch_size}
     else:
         train, val = input_pipeline(data, run.train.batch_size, params.seeds.train, False)
-        inputs = {"x": train, "validation_data": val}
+        inputs = {"x": train, "validation_data": val, "shuffle": False}
     started = time.perf_counter()
     history = model.fit(**inputs, epochs=run.train.epochs, verbose=0)
     seconds = time.perf_counter() - started

@@ -49,6 +49,7 @@ def train_scorer(cfg: ScorerConfig, data: Prepared, out_dir: Path) -> dict[str, 
         train,
         validation_data=val,
         epochs=cfg.epochs,
+        shuffle=False,  # the training dataset reshuffles itself every epoch
         callbacks=[stop, EpochProgress()],
         verbose=0,
     )

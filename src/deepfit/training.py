@@ -181,6 +181,7 @@ def fit(
         train,
         validation_data=val,
         epochs=cfg.epochs,
+        shuffle=False,  # the training dataset reshuffles itself every epoch
         callbacks=[*callbacks, EpochProgress()],
         verbose=0,
     )
