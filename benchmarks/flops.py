@@ -180,9 +180,10 @@ def profiler_step_flops(model: keras.Model, batch: int) -> int:
     """TensorFlow's profiler count of the Conv/MatMul FLOPs of one training step (cross-check).
 
     Traces forward pass, compiled loss and gradients of the compiled ``model`` as one graph and
-    lets ``tf.compat.v1.profiler`` count its convolution and matmul ops. The traced graph also
-    holds the first layer's input gradient, which TensorFlow's gradient functions always emit
-    though nothing uses it, so this exceeds ``cnn_step_flops`` by that layer's forward FLOPs.
+    lets ``tf.compat.v1.profiler`` count its convolution and matmul ops (integer class labels, as
+    for the digits CNN). The traced graph also holds the first layer's input gradient, which
+    TensorFlow's gradient functions always emit though nothing uses it, so this exceeds
+    ``cnn_step_flops`` by that layer's forward FLOPs.
     """
     import tensorflow as tf
 
@@ -375,8 +376,8 @@ def _cores(value: float | None) -> str:
 
 
 def table(gemm: dict[str, Any] | None, rows: list[dict[str, Any]]) -> str:
-    """Plain-text report: the GEMM sizes measured, then one line per CNN measurement, each with
-    the other processes' load (cores) while it was timed."""
+    """Plain-text report: the GEMM sizes measured, then one line per CNN measurement with its
+    steps per compiled call (spe) and the other processes' load (cores) while it was timed."""
     lines = []
     if gemm is not None:
         lines.append("fp32 GEMM (tf.linalg.matmul, default thread pools), GFLOP/s per size:")
@@ -438,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         filters=args.filters,
     )
     result: dict[str, Any] = {"gemm": gemm, "cnn": cnn}
-    rows = [{"variant": "this configuration" if args.single else "pipeline (deterministic_ops)"}]
-    rows[0].update(cnn)
+    label = "this configuration" if args.single else "pipeline (deterministic_ops)"
+    rows = [{"variant": label, **cnn}]
     if args.single:
         print(table(gemm, rows))
     else:
