@@ -72,6 +72,21 @@ def test_gap_is_measured_in_skill_so_a_harder_validation_split_is_not_overfittin
     assert fit["verdict"] == "good"
 
 
+def test_validation_and_training_loss_rising_together_is_not_overfitting():
+    # Both turn up after epoch 3 (a noisy optimiser late in training), no U-shape.
+    h = history([1.0, 0.5, 0.3, 0.32, 0.35, 0.36], [1.0, 0.6, 0.4, 0.42, 0.46, 0.5])
+    fit = diagnose(h, CFG, REF)
+    assert fit["val_rise"] == pytest.approx(0.25)
+    assert fit["verdict"] == "good"
+
+
+def test_a_loss_wobbling_at_the_constant_predictors_is_underfitting_not_divergence():
+    # Never better than 0.174 against the constant's 0.178: the climb to 0.185 is a wobble.
+    h = history([0.19, 0.174, 0.185], [0.18, 0.167, 0.174])
+    fit = diagnose(h, CFG, (0.178, 0.167))
+    assert fit["verdict"] == "underfit"
+
+
 def test_training_loss_near_the_constant_predictor_is_underfitting():
     h = history([2.3, 2.0, 1.8, 1.7], [2.3, 2.0, 1.8, 1.75])
     fit = diagnose(h, CFG, (2.3, 2.3))

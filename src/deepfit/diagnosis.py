@@ -120,14 +120,20 @@ def _verdict(
         return "diverged", ["a loss became NaN or infinite"]
     lowest, reference = min(train), e["reference_train_loss"]
     climb = (train[-1] - lowest) / (reference - lowest) if reference > lowest else 0.0
-    if not generative and climb > cfg.diverged_rise:
+    # Only a model that had learned (its lowest loss has the skill of a fit) can climb back:
+    # one hovering at the constant predictor's loss just wobbles, and is judged underfit.
+    learned = 1 - lowest / reference >= cfg.underfit_skill
+    if not generative and learned and climb > cfg.diverged_rise:
         return "diverged", [
             f"training loss climbed back {climb:.0%} of the way from its lowest "
             f"{lowest:.3g} to the constant predictor's {reference:.3g} "
             f"(limit {cfg.diverged_rise:.0%})"
         ]
     overfit = []
-    if not generative and e["val_rise"] >= cfg.overfit_rise:
+    # The U-shaped curve: validation loss rises while training loss does not (when both rise,
+    # that is optimisation noise, not overfitting).
+    kept_fitting = e["train_loss_last"] <= e["train_loss_best"]
+    if not generative and kept_fitting and e["val_rise"] >= cfg.overfit_rise:
         overfit.append(
             f"validation loss rose {e['val_rise']:.0%} after its best epoch {e['best_epoch']} "
             f"(limit {cfg.overfit_rise:.0%})"
