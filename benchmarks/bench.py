@@ -197,6 +197,12 @@ def seed_params(repo: Path, seed: int) -> str:
     return name
 
 
+def bare_keras(repo: Path, name: str, params: str, *options: str) -> dict[str, Any]:
+    """One run of benchmarks/bare_keras.py: its JSON line."""
+    cmd = [sys.executable, str(BENCH / "bare_keras.py"), "--run", name, "--params", params]
+    return json.loads(run([*cmd, *options], repo).stdout.splitlines()[-1])
+
+
 def seeds_loop(repo: Path, runs: list[str], seeds: list[int]) -> dict[str, Any]:
     """For each seed and run, interleaved: the bare Keras script (the run's compile settings, and
     Keras' defaults), then the pipeline's train and evaluate stages with that seed."""
@@ -208,33 +214,8 @@ def seeds_loop(repo: Path, runs: list[str], seeds: list[int]) -> dict[str, Any]:
                 f"  seed {seed}, {name}: bare Keras, then train@{name} and evaluate@{name}",
                 flush=True,
             )
-            bare = json.loads(
-                run(
-                    [
-                        sys.executable,
-                        str(BENCH / "bare_keras.py"),
-                        "--run",
-                        name,
-                        "--params",
-                        params,
-                    ],
-                    repo,
-                ).stdout.splitlines()[-1]
-            )
-            plain = json.loads(
-                run(
-                    [
-                        sys.executable,
-                        str(BENCH / "bare_keras.py"),
-                        "--run",
-                        name,
-                        "--params",
-                        params,
-                        "--keras-defaults",
-                    ],
-                    repo,
-                ).stdout.splitlines()[-1]
-            )
+            bare = bare_keras(repo, name, params)
+            plain = bare_keras(repo, name, params, "--keras-defaults")
             started = time.time()
             run(
                 [sys.executable, "-m", "deepfit.stages.train", "--run", name, "--params", params],
