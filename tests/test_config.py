@@ -32,7 +32,7 @@ def test_real_params_validate_and_resolve_defaults():
     assert set(params.runs) == {"fnn", "cnn", "rnn", "lstm", "rnn_adding", "lstm_adding", "gan"}
     gan = params.run("gan")
     # the run's own train block overrides single keys of the shared defaults
-    assert gan.train.epochs == 100
+    assert gan.train.epochs == 40
     assert gan.train.optimizer.beta_1 == 0.5
     assert gan.train.early_stopping.enabled is False
     assert gan.train.batch_size == params.train.batch_size

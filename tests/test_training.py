@@ -91,10 +91,11 @@ def test_train_run_writes_outputs_and_tracks_epochs(tmp_path, monkeypatch):
     from deepfit.training import read_gradients
 
     records = read_gradients(model_dir / "gradients.json")
-    assert len(records) == 2 and list(records[0]) == ["hidden_1", "output"]
+    # the default fnn has batch norm; the layers with weights, in forward order
+    assert len(records) == 2 and list(records[0]) == ["hidden_1", "hidden_1_bn", "output"]
     norms = tmp_path / "reports/plots/fnn/gradients/norms.csv"
     assert norms.read_text().splitlines()[:2][0] == "epoch,layer,norm"
-    assert len(norms.read_text().splitlines()) == 1 + 2 * 2  # header + 2 epochs x 2 layers
+    assert len(norms.read_text().splitlines()) == 1 + 2 * 3  # header + 2 epochs x 3 layers
     assert json.loads((model_dir / "run.json").read_text())["epochs"] == 2
     curves = tmp_path / "reports" / "plots" / "fnn" / "curves"
     assert sorted(p.name for p in curves.iterdir()) == ["accuracy.csv", "loss.csv"]

@@ -201,6 +201,7 @@ class BackupCallback(keras.callbacks.Callback):
         self.carry = carry
         self.log_rows = log_rows
         self.throttle = Throttle(share)
+        self._backed_up = 0  # the last epoch backed up
         self.keras_backup = keras.callbacks.BackupAndRestore(
             str(folder / "keras"), double_checkpoint=True, delete_checkpoint=False
         )
@@ -301,7 +302,15 @@ class BackupCallback(keras.callbacks.Callback):
             with self.throttle.timed():
                 self._backup(epoch, logs)
 
+    def on_train_end(self, logs: dict | None = None) -> None:
+        # Training is done: back up its last epoch too, so that a failure while the outputs
+        # are saved (a full disk) loses no training, whatever the throttle skipped.
+        done = len(next(iter(self.history.values()), []))
+        if done and done != self._backed_up:
+            self._backup(done - 1, logs)
+
     def _backup(self, epoch: int, logs: dict | None) -> None:
+        self._backed_up = epoch + 1
         if self.carry is not None and self.carry.is_dir():
             shutil.copytree(self.carry, self.folder / "files", dirs_exist_ok=True)
         self._save_state(epoch + 1)

@@ -80,7 +80,7 @@ PARAMS_CASES = [
     (
         "loss is not a key (it follows the task)",
         _set("train.loss", "hinge"),
-        "train.loss: unknown key; allowed keys: epochs, batch_size, optimizer,",
+        "train.loss: unknown key; allowed keys: epochs, batch_size, steps_per_execution,",
     ),
     ("epochs: ten", _set("train.epochs", "ten"), "train.epochs: Input should be a valid integer"),
     (

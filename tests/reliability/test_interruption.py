@@ -50,6 +50,7 @@ def _wait_for_epoch(root: Path, process: subprocess.Popen, epoch: int) -> None:
 def test_sigterm_and_sigint_end_the_run_killed_and_training_resumes(ready_workdir):
     root = ready_workdir
     slow = {**TINY_RUN, "units": [32], "train": {"epochs": EPOCHS, "batch_size": 4}}
+    slow["train"]["steps_per_execution"] = 1  # one step per call: about a second per epoch
     write_params(root, tiny_params({"slow": slow}))
 
     first = _start(root)

@@ -36,7 +36,11 @@ SLOW_EPOCHS = 6
 RUNS = {
     "tiny": dict(TINY_RUN),
     # about a second per epoch (batches of 4): slow enough to kill in the middle
-    "slow": {**TINY_RUN, "units": [32], "train": {"epochs": SLOW_EPOCHS, "batch_size": 4}},
+    "slow": {
+        **TINY_RUN,
+        "units": [32],
+        "train": {"epochs": SLOW_EPOCHS, "batch_size": 4, "steps_per_execution": 1},
+    },
     # plain gradient descent at learning rate 10 on sunspot numbers: the loss explodes
     "boom": {
         "model": "rnn",
