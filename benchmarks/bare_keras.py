@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from deepfit.training import input_pipeline, make_optimizer
+    from deepfit.train.loop import input_pipeline, make_optimizer
 
     keras.utils.set_random_seed(params.seeds.train)
     model = get_spec(run.model).build(run.arch, data.spec)

@@ -247,7 +247,7 @@ def cnn_step_rate(
     from deepfit.data import load_prepared
     from deepfit.models import get_spec
     from deepfit.stages._cli import deterministic_ops
-    from deepfit.training import compile_model
+    from deepfit.train.loop import compile_model
 
     if deterministic:
         deterministic_ops()
@@ -482,7 +482,7 @@ def _profiler_flops(params_path: str, batch: int) -> int | str:
     from deepfit.config import load_params
     from deepfit.data import load_prepared
     from deepfit.models import get_spec
-    from deepfit.training import compile_model
+    from deepfit.train.loop import compile_model
 
     params = load_params(params_path)
     run = params.run("cnn")

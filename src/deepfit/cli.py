@@ -107,7 +107,8 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
 
 def _compare(args: argparse.Namespace) -> int:
     # pandas, MLflow and matplotlib load only here, so --help and validate stay fast.
-    from deepfit import compare, tracking
+    from deepfit import tracking
+    from deepfit.report import compare
 
     try:
         uri = args.tracking_uri or tracking.tracking_uri()

@@ -108,7 +108,7 @@ class MlflowConfig(_Strict):
 
 
 class FitConfig(_Strict):
-    """Thresholds of the fit verdict (deepfit.diagnosis documents the rules)."""
+    """Thresholds of the fit verdict (deepfit.evaluate.diagnosis documents the rules)."""
 
     underfit_skill: float = Field(0.5, ge=0, le=1)
     overfit_gap: float = Field(0.1, gt=0, le=1)

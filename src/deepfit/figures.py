@@ -40,7 +40,7 @@ def confusion_matrix_png(
     if counts.shape != (k, k) or len(class_names) != k:
         raise ValueError(f"confusion matrix {counts.shape} does not match {len(class_names)} names")
     side = min(12.0, max(4.0, 0.45 * k + 2.0))
-    fig = _figure((side + 1.0, side))
+    fig = new_figure((side + 1.0, side))
     ax = fig.add_subplot()
     image = ax.imshow(counts, cmap="Blues", interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="samples")
@@ -52,7 +52,7 @@ def confusion_matrix_png(
     ax.set_title(f"{title}: confusion matrix (accuracy {accuracy:.3f})")
     if k <= MAX_ANNOTATED_CLASSES:
         _annotate_cells(ax, counts)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def forecast_png(
@@ -67,7 +67,7 @@ def forecast_png(
     ylabel: str = "value (original units)",
 ) -> Path:
     """One-step-ahead forecast against the actual series, optionally beside a baseline."""
-    fig = _figure((9.0, 4.0))
+    fig = new_figure((9.0, 4.0))
     ax = fig.add_subplot()
     x = np.asarray(years)
     ax.plot(x, np.ravel(actual), color="black", marker="o", markersize=3, label="actual")
@@ -79,7 +79,7 @@ def forecast_png(
     ax.set_title(f"{title}: one-step-ahead forecast on the test years")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def scatter_true_pred_png(
@@ -88,7 +88,7 @@ def scatter_true_pred_png(
     """Predicted against true targets, with the identity line a perfect model would sit on."""
     true = np.ravel(np.asarray(y_true, dtype=np.float64))
     pred = np.ravel(np.asarray(y_pred, dtype=np.float64))
-    fig = _figure((5.0, 5.0))
+    fig = new_figure((5.0, 5.0))
     ax = fig.add_subplot()
     # Thousands of points: small and translucent so density stays visible.
     ax.scatter(true, pred, s=6, alpha=0.4, edgecolors="none", label="test samples")
@@ -102,7 +102,7 @@ def scatter_true_pred_png(
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def image_grid_png(
@@ -112,13 +112,13 @@ def image_grid_png(
     mosaic = _mosaic(np.asarray(images, dtype=np.float64), ncols)
     rows, cols = mosaic.shape[:2]
     scale = 6.0 / max(rows, cols)
-    fig = _figure((max(3.0, cols * scale), max(3.0, rows * scale) + 0.5))
+    fig = new_figure((max(3.0, cols * scale), max(3.0, rows * scale) + 0.5))
     ax = fig.add_subplot()
     gray = mosaic.ndim == 2
     ax.imshow(mosaic, cmap="gray" if gray else None, vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _panels(count: int) -> tuple[Figure, list[Axes]]:
@@ -126,7 +126,7 @@ def _panels(count: int) -> tuple[Figure, list[Axes]]:
     n = max(1, count)
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
-    fig = _figure((4.5 * ncols, 3.4 * nrows))
+    fig = new_figure((4.5 * ncols, 3.4 * nrows))
     return fig, list(fig.subplots(nrows, ncols, squeeze=False).ravel())
 
 
@@ -140,11 +140,11 @@ def run_curves_png(
         _plot_pair(ax, history, metric, color="tab:blue")
         ax.set_title(metric)
     if not metrics:
-        _empty(axes[0], "no curves recorded")
+        empty_panel(axes[0], "no curves recorded")
     for ax in axes[len(metrics) or 1 :]:
         ax.set_visible(False)
     fig.suptitle(f"{title}: learning curves (training solid, validation dashed)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def learning_curves_png(
@@ -160,18 +160,18 @@ def learning_curves_png(
     for ax, name in zip(axes, names, strict=False):
         history = histories[name]
         losses = _loss_names(history)
-        for metric, color in zip(losses, _colors(), strict=False):
+        for metric, color in zip(losses, colors(), strict=False):
             _plot_pair(ax, history, metric, color=color)
         if not losses:
-            _empty(ax, "no loss curves")
+            empty_panel(ax, "no loss curves")
         ax.set_ylabel("loss")
         ax.set_title((titles or {}).get(name, name))
     if not names:
-        _empty(axes[0], "no runs")
+        empty_panel(axes[0], "no runs")
     for ax in axes[len(names) or 1 :]:
         ax.set_visible(False)
     fig.suptitle(f"{title} (training solid, validation dashed)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -181,50 +181,14 @@ def gradient_norms_png(
     records: Sequence[Mapping[str, float]], path: str | os.PathLike[str], title: str
 ) -> Path:
     """Per-layer gradient norm against epoch on a log scale, first layer darkest."""
-    fig = _figure((6.5, 4.2))
+    fig = new_figure((6.5, 4.2))
     ax = fig.add_subplot()
     layers = list(records[0]) if records else []
     _gradient_lines(ax, records, layers)
     if not layers:
-        _empty(ax, "no gradient norms recorded")
+        empty_panel(ax, "no gradient norms recorded")
     fig.suptitle(f"{title}: gradient norm per layer")
-    return _save(fig, path)
-
-
-VERDICT_COLORS = {
-    "underfit": "tab:blue",
-    "good": "tab:green",
-    "overfit": "tab:red",
-    "diverged": "black",
-}
-
-
-def study_png(
-    kind: str,
-    points: Sequence[Mapping[str, object]],
-    histories: Mapping[str, Mapping[str, Sequence[float]]],
-    gradients: Mapping[str, Sequence[Mapping[str, float]]],
-    path: str | os.PathLike[str],
-    title: str,
-) -> Path:
-    """A study's figure: capacity curves, regularisation gaps, or activation gradient flow.
-
-    Every kind has the variants' loss curves overlaid on the left (training solid, validation
-    dashed) and, on the right, what the study is about; verdicts colour the markers and labels.
-    """
-    fig = _figure((12, 4.6))
-    left, right = fig.subplots(1, 2)
-    if kind == "capacity":
-        _capacity(left, right, points)
-    else:
-        _curves_overlay(left, histories)
-        if kind == "regularisation":
-            _gap_bars(right, points)
-        else:
-            last = {name: records[:1] for name, records in gradients.items()}
-            _layer_profiles(right, last)
-    fig.suptitle(f"Study {title} ({kind})")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _gradient_lines(ax: Axes, records: Sequence[Mapping[str, float]], layers: list[str]) -> None:
@@ -247,106 +211,7 @@ def _gradient_lines(ax: Axes, records: Sequence[Mapping[str, float]], layers: li
         ax.legend(fontsize=7, ncol=2)
 
 
-def _capacity(loss_ax: Axes, error_ax: Axes, points: Sequence[Mapping[str, object]]) -> None:
-    """Loss (log scale) and error rate against parameter count, markers coloured by verdict."""
-    sizes = [p["params"] for p in points]
-    series = (
-        (loss_ax, "loss (log scale)", ("train_loss_last", "val_loss_best", "val_loss_last")),
-        (error_ax, "error rate", ("train_error_last", "val_error_best")),
-    )
-    styles = {"train": ("-", "training (last epoch)"), "val": ("--", "validation (best epoch)")}
-    for ax, label, keys in series:
-        if not all(p.get(k) is not None for p in points for k in keys):
-            _empty(ax, f"no {label} recorded")
-            continue
-        for key in keys:
-            style, name = styles[key.split("_")[0]]
-            if key == "val_loss_last":
-                style, name = ":", "validation (last epoch)"
-            ax.plot(sizes, [p[key] for p in points], style, color="0.3", label=name)
-            for p in points:
-                ax.plot(p["params"], p[key], "o", color=VERDICT_COLORS.get(str(p["verdict"])), ms=6)
-        for p in points:
-            ax.annotate(
-                str(p["verdict"]),
-                (p["params"], max(p[k] for k in keys)),
-                textcoords="offset points",
-                xytext=(0, 7),
-                ha="center",
-                fontsize=8,
-                color=VERDICT_COLORS.get(str(p["verdict"]), "grey"),
-            )
-        ax.set_xscale("log")
-        if "log" in label:
-            ax.set_yscale("log")
-        ax.set_xlabel("parameters (log scale)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-
-
-def _curves_overlay(ax: Axes, histories: Mapping[str, Mapping[str, Sequence[float]]]) -> None:
-    for (name, history), color in zip(histories.items(), _colors() * 3, strict=False):
-        for key, style in (("loss", "-"), ("val_loss", "--")):
-            values = history.get(key, [])
-            ax.plot(
-                range(1, len(values) + 1),
-                values,
-                ls=style,
-                color=color,
-                label=name if key == "loss" else None,
-            )
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (log scale)")
-    ax.set_title("training solid, validation dashed")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-
-
-def _gap_bars(ax: Axes, points: Sequence[Mapping[str, object]]) -> None:
-    names = [str(p["variant"]) for p in points]
-    gaps = [float(p["skill_gap"]) for p in points]
-    colors = [VERDICT_COLORS.get(str(p["verdict"]), "grey") for p in points]
-    bars = ax.bar(names, gaps, color=colors)
-    for bar, p in zip(bars, points, strict=True):
-        ax.annotate(
-            f"{p['verdict']}\nval rise {float(p['val_rise']):.0%}",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            textcoords="offset points",
-            xytext=(0, 3),
-            ha="center",
-            fontsize=8,
-        )
-    ax.set_ylabel("skill gap at best epoch (training - validation)")
-    ax.set_title("generalisation gap and verdict per variant")
-    ax.grid(alpha=0.3, axis="y")
-
-
-def _layer_profiles(ax: Axes, records: Mapping[str, Sequence[Mapping[str, float]]]) -> None:
-    for (name, first), color in zip(records.items(), _colors() * 3, strict=False):
-        if not first:
-            continue
-        layers = list(first[0])
-        ax.plot(
-            range(1, len(layers) + 1),
-            [max(first[0][k], 1e-30) for k in layers],
-            "o-",
-            color=color,
-            label=name,
-        )
-        ax.set_xticks(range(1, len(layers) + 1), layers, rotation=45, ha="right", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("gradient norm after epoch 1 (log scale)")
-    ax.set_title("gradient flow: input layer on the left")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-
-
-def _figure(size: tuple[float, float]) -> Figure:
+def new_figure(size: tuple[float, float]) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -355,7 +220,7 @@ def _figure(size: tuple[float, float]) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` as PNG to a temp file beside ``path``, then rename it into place."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -428,10 +293,10 @@ def _plot_pair(ax: Axes, history: Mapping[str, Sequence[float]], metric: str, co
     ax.legend(fontsize=8)
 
 
-def _colors() -> list[str]:
+def colors() -> list[str]:
     return ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
 
 
-def _empty(ax: Axes, message: str) -> None:
+def empty_panel(ax: Axes, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()

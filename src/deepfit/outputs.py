@@ -1,4 +1,5 @@
-"""Atomic outputs: a stage's files appear whole at their final path, or not at all.
+"""Atomic outputs (a stage's files appear whole at their final path, or not at all), the text
+formats they are written in, and the file names of a trained run.
 
 DVC caches whatever a stage leaves at its declared outputs, so a crash must never leave a
 half-written file there. Temporary names carry the writer's process id, so leftovers of a
@@ -7,6 +8,8 @@ process that was killed (``kill -9``) are swept the next time the same output is
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -14,10 +17,15 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception message squeezed onto one line (every error deepfit prints is one line)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class NonFiniteError(ValueError):
@@ -154,3 +162,45 @@ def check_finite(data: Any, where: str, key: str = "") -> None:
     elif isinstance(data, list | tuple):
         for i, value in enumerate(data):
             check_finite(value, where, f"{key}[{i}]")
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """CSV text with ``\\n`` line ends (DVC plot data, study tables)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def markdown_table(
+    header: Sequence[str], align: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> str:
+    """A GitHub markdown table; ``align`` holds ``"l"`` or ``"r"`` per column."""
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join("---:" if a == "r" else "---" for a in align) + "|")
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+# --- the files of one trained run (models/<run>/), written by train and read by evaluate --------
+
+MODEL_FILE = "model.keras"
+RUN_FILE = "run.json"
+HISTORY_FILE = "history.json"
+GRADIENTS_FILE = "gradients.json"
+
+
+def write_gradients(path: Path, records: list[dict[str, float]]) -> None:
+    """Per-epoch gradient norms as ``{"layers": [...forward order], "norms": [[...], ...]}``
+    (JSON objects would lose the layer order to sorted keys)."""
+    layers = list(records[0])
+    write_json(path, {"layers": layers, "norms": [[r[name] for name in layers] for r in records]})
+
+
+def read_gradients(path: Path) -> list[dict[str, float]]:
+    """What ``write_gradients`` wrote, back as one ``{layer: norm}`` per epoch in layer order."""
+    if not Path(path).exists():
+        return []
+    data = json.loads(Path(path).read_text())
+    return [dict(zip(data["layers"], norms, strict=True)) for norms in data["norms"]]

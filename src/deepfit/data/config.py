@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deepfit.models.base import InputKind, Task
+# What a prepared dataset looks like to a model: "image" is (H, W, C), "sequence" is (T, F),
+# "vector" is (F,).
+InputKind = Literal["image", "sequence", "vector"]
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a builder needs to know about the data: input shape/kind, task and output size."""
+
+    input_shape: tuple[int, ...]
+    kind: InputKind
+    task: Task
+    n_outputs: int  # classes for classification, targets for regression
+
 
 Fraction = Annotated[float, Field(gt=0.0, lt=0.5)]
 Count = Annotated[int, Field(ge=1)]

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from deepfit.data.config import DataSpec
 from deepfit.data.errors import DataError
-from deepfit.models.base import DataSpec
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"

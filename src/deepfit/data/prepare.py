@@ -29,7 +29,7 @@ from deepfit.data.io import (
     sha256_file,
     write_npz,
 )
-from deepfit.outputs import atomic_dir, write_json
+from deepfit.outputs import atomic_dir, one_line, write_json
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,7 @@ def holdout(
             index, test_size=size, random_state=seed, shuffle=True, stratify=labels
         )
     except ValueError as exc:
-        raise DataError(
-            f"{where}: cannot split {len(index)} samples ({sources.one_line(exc)})"
-        ) from exc
+        raise DataError(f"{where}: cannot split {len(index)} samples ({one_line(exc)})") from exc
     return keep, held
 
 

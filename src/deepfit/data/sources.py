@@ -18,6 +18,7 @@ import numpy as np
 
 from deepfit.data.config import raw_path_problem
 from deepfit.data.errors import DataError
+from deepfit.outputs import one_line
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +237,6 @@ def check_finite(array: np.ndarray, where: str) -> None:
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int(np.size(array) - np.isfinite(array).sum())
         raise DataError(f"{where}: contains {bad} NaN or infinite value(s)")
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception message squeezed onto one line."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def describe(array: Any) -> str:

@@ -16,7 +16,8 @@ from deepfit.models.base import ModelFileError, ModelSpec
 if TYPE_CHECKING:
     import keras
 
-_NON_MODELS = {"base", "layers"}
+# Shared pieces, and the one module that defines a Keras class at import (the GAN model).
+_NON_MODELS = {"base", "blocks", "gan_network"}
 
 
 def _discover() -> dict[str, ModelSpec]:

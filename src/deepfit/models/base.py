@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deepfit.data.config import DataSpec as DataSpec
+from deepfit.data.config import InputKind as InputKind
+from deepfit.data.config import Task as Task
+
 if TYPE_CHECKING:
     import keras
 
@@ -35,10 +39,6 @@ Activation = Literal[
     "exponential",
 ]
 
-# What a prepared dataset looks like to a model: "image" is (H, W, C), "sequence" is (T, F),
-# "vector" is (F,).
-InputKind = Literal["image", "sequence", "vector"]
-
 # Field types shared by architecture configs (pydantic enforces the ranges and names the key).
 PositiveInt = Annotated[int, Field(gt=0)]
 Widths = Annotated[list[PositiveInt], Field(min_length=1)]  # one size per layer, at least one
@@ -46,7 +46,6 @@ OptionalWidths = list[PositiveInt]  # may be empty (e.g. no dense head)
 DropoutRate = Annotated[float, Field(ge=0.0, lt=1.0)]
 L2Factor = Annotated[float, Field(ge=0.0)]
 ActivationSpec = Activation | list[Activation]  # one name for all hidden layers, or one per layer
-Task = Literal["classification", "regression"]
 
 
 class ModelFileError(ValueError):
@@ -58,16 +57,6 @@ class ArchConfig(BaseModel):
 
     # strict: "10" is not silently read as 10; YAML already gives numbers their own types.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a builder needs to know about the data: input shape/kind, task and output size."""
-
-    input_shape: tuple[int, ...]
-    kind: InputKind
-    task: Task
-    n_outputs: int  # classes for classification, targets for regression
 
 
 @dataclass(frozen=True)

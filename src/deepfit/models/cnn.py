@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 
@@ -19,7 +19,7 @@ from deepfit.models.base import (
     check_per_layer,
     per_layer,
 )
-from deepfit.models.fnn import dense_stack, kernel_regularizer, output_head
+from deepfit.models.blocks import conv_block, dense_stack, output_head
 
 if TYPE_CHECKING:
     import keras
@@ -45,28 +45,6 @@ class CNNConfig(ArchConfig):
         return self
 
 
-def conv_block(
-    x: Any, filters: int, activation: str, cfg: CNNConfig, index: int, pool: bool
-) -> Any:
-    """Conv2D (same padding) -> (batch norm) -> activation -> (2x2 max pooling)."""
-    from keras import layers
-
-    x = layers.Conv2D(
-        filters,
-        cfg.kernel_size,
-        padding="same",
-        use_bias=not cfg.batch_norm,
-        kernel_regularizer=kernel_regularizer(cfg.l2),
-        name=f"conv_{index}",
-    )(x)
-    if cfg.batch_norm:
-        x = layers.BatchNormalization(name=f"conv_{index}_bn")(x)
-    x = layers.Activation(activation, name=f"conv_{index}_{activation}")(x)
-    if pool:
-        x = layers.MaxPooling2D(2, name=f"conv_{index}_pool")(x)
-    return x
-
-
 def build(cfg: CNNConfig, data: DataSpec) -> keras.Model:
     """Conv blocks, flatten, dropout, the dense head and the task's output layer."""
     import keras
@@ -78,7 +56,16 @@ def build(cfg: CNNConfig, data: DataSpec) -> keras.Model:
     height, width = data.input_shape[:2]
     for i, filters in enumerate(cfg.filters, start=1):
         pool = min(height, width) >= MIN_SIDE_TO_POOL
-        x = conv_block(x, filters, activations[i - 1], cfg, i, pool)
+        x = conv_block(
+            x,
+            filters,
+            activations[i - 1],
+            kernel_size=cfg.kernel_size,
+            l2=cfg.l2,
+            batch_norm=cfg.batch_norm,
+            index=i,
+            pool=pool,
+        )
         if pool:
             height, width = height // 2, width // 2
     x = layers.Flatten(name="flatten")(x)

@@ -1,16 +1,14 @@
-"""Generative adversarial network for images: MLP generator and discriminator, trained by fit().
+"""Generative adversarial network for images: config, MLP generator and discriminator.
 
-Loading a saved GAN: ``keras.models.load_model(path, custom_objects=custom_objects())``.
-Calling ``custom_objects()`` (or building a GAN) also registers the class with Keras as
-``deepfit>GAN``; the class is defined lazily so importing this module does not import Keras.
+The Keras model class ``GAN`` (its ``train_step``) lives in ``deepfit.models.gan_network``,
+imported when a GAN is built or loaded, so validating params.yaml does not import Keras.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import random
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, model_validator
 
@@ -25,7 +23,7 @@ from deepfit.models.base import (
     check_per_layer,
     per_layer,
 )
-from deepfit.models.fnn import dense_stack
+from deepfit.models.blocks import dense_stack
 
 if TYPE_CHECKING:
     import keras
@@ -98,184 +96,6 @@ def build_discriminator(cfg: GANConfig, image_shape: tuple[int, ...]) -> keras.M
     return keras.Model(images, logit, name="discriminator")
 
 
-def _real_images(data: Any) -> Any:
-    """fit() hands over ``x`` or ``(x,)`` / ``(x, y)``; a GAN uses the images only."""
-    return data[0] if isinstance(data, tuple | list) else data
-
-
-@functools.cache
-def gan_class() -> type[keras.Model]:
-    """Define (once) and register the ``GAN`` model class; imports Keras."""
-    import keras
-    from keras import ops
-
-    @keras.saving.register_keras_serializable(package="deepfit", name="GAN")
-    class GAN(keras.Model):
-        """Generator + discriminator trained by ``fit(images)``; ``call(z)`` generates images.
-
-        Metrics: ``d_loss`` = BCE(real as 1 - smoothing) + BCE(fake as 0) for the
-        discriminator, ``g_loss`` = BCE(fake as 1) for the generator. ``seed`` seeds the
-        training noise.
-        """
-
-        def __init__(
-            self,
-            generator: keras.Model,
-            discriminator: keras.Model,
-            latent_dim: int,
-            label_smoothing: float = 0.1,
-            seed: int = 0,
-            **kwargs: Any,
-        ) -> None:
-            super().__init__(**kwargs)
-            self.generator = generator
-            self.discriminator = discriminator
-            self.latent_dim = latent_dim
-            self.label_smoothing = label_smoothing
-            self.noise_seed = seed
-            self.seed_generator = keras.random.SeedGenerator(seed)
-            self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
-            self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
-            # Both networks are built functional models; nothing is left for fit() to build.
-            self.built = True
-
-        def compile(
-            self,
-            d_optimizer: keras.optimizers.Optimizer,
-            g_optimizer: keras.optimizers.Optimizer,
-            **kwargs: Any,
-        ) -> None:
-            """Compile with one optimizer per network (other keyword args go to Keras)."""
-            super().compile(**kwargs)
-            self.d_optimizer = d_optimizer
-            self.g_optimizer = g_optimizer
-
-        def build_optimizers(self) -> None:
-            """Create both optimizers' variables now (they appear on first use), so a training
-            backup can be loaded into them before training resumes."""
-            if not self.d_optimizer.built:
-                self.d_optimizer.build(self.discriminator.trainable_variables)
-            if not self.g_optimizer.built:
-                self.g_optimizer.build(self.generator.trainable_variables)
-
-        def get_compile_config(self) -> None:
-            # Keras cannot replay a custom compile() on load; a loaded GAN generates, and is
-            # compiled again (fresh optimizers) only to train further.
-            return None
-
-        @property
-        def metrics(self) -> list[keras.metrics.Metric]:
-            # Listed here so Keras resets them at the start of every epoch.
-            return [self.d_loss_tracker, self.g_loss_tracker]
-
-        def call(self, z: Any, training: bool | None = None) -> Any:
-            return self.generator(z, training=training)
-
-        def noise(self, n: int, seed: int | None = None) -> Any:
-            """Standard normal noise: from the training stream, or fixed by an integer seed."""
-            return keras.random.normal(
-                (n, self.latent_dim), seed=self.seed_generator if seed is None else seed
-            )
-
-        def sample(self, n: int, seed: int) -> Any:
-            """``n`` generated images (NumPy) from noise fixed by ``seed``: deterministic."""
-            images = self.generator(self.noise(n, seed), training=False)
-            return ops.convert_to_numpy(images)
-
-        def losses(self, real: Any, z: Any, training: bool = False) -> tuple[Any, Any]:
-            """Discriminator and generator losses on real images and generator noise ``z``."""
-            fake = self.generator(z, training=training)
-            real_logits = self.discriminator(real, training=training)
-            fake_logits = self.discriminator(fake, training=training)
-            return self._d_loss(real_logits, fake_logits), self._g_loss(fake_logits)
-
-        def _gan_losses(self, real: Any, training: bool) -> tuple[Any, Any]:
-            """Discriminator and generator losses on one batch of real images."""
-            return self.losses(real, self.noise(ops.shape(real)[0]), training)
-
-        def _d_loss(self, real_logits: Any, fake_logits: Any) -> Any:
-            real_target = ops.full_like(real_logits, 1.0 - self.label_smoothing)
-            real_loss = ops.binary_crossentropy(real_target, real_logits, from_logits=True)
-            fake_loss = ops.binary_crossentropy(
-                ops.zeros_like(fake_logits), fake_logits, from_logits=True
-            )
-            return ops.mean(real_loss) + ops.mean(fake_loss)
-
-        def _g_loss(self, fake_logits: Any) -> Any:
-            loss = ops.binary_crossentropy(
-                ops.ones_like(fake_logits), fake_logits, from_logits=True
-            )
-            return ops.mean(loss)
-
-        def train_step(self, data: Any) -> dict[str, Any]:
-            import tensorflow as tf  # GradientTape: training runs on the TensorFlow backend
-
-            real = _real_images(data)
-            batch = ops.shape(real)[0]
-            fake = self.generator(self.noise(batch), training=True)
-            with tf.GradientTape() as tape:
-                real_logits = self.discriminator(real, training=True)
-                fake_logits = self.discriminator(fake, training=True)
-                d_loss = self._d_loss(real_logits, fake_logits)
-            d_vars = self.discriminator.trainable_variables
-            self.d_optimizer.apply_gradients(
-                zip(tape.gradient(d_loss, d_vars), d_vars, strict=True)
-            )
-
-            with tf.GradientTape() as tape:
-                fake = self.generator(self.noise(batch), training=True)
-                g_loss = self._g_loss(self.discriminator(fake, training=True))
-            g_vars = self.generator.trainable_variables
-            self.g_optimizer.apply_gradients(
-                zip(tape.gradient(g_loss, g_vars), g_vars, strict=True)
-            )
-            return self._update_trackers(d_loss, g_loss)
-
-        def test_step(self, data: Any) -> dict[str, Any]:
-            d_loss, g_loss = self._gan_losses(_real_images(data), training=False)
-            return self._update_trackers(d_loss, g_loss)
-
-        def _update_trackers(self, d_loss: Any, g_loss: Any) -> dict[str, Any]:
-            self.d_loss_tracker.update_state(d_loss)
-            self.g_loss_tracker.update_state(g_loss)
-            return {m.name: m.result() for m in self.metrics}
-
-        def get_config(self) -> dict[str, Any]:
-            return {
-                "name": self.name,
-                "trainable": self.trainable,
-                "generator": keras.saving.serialize_keras_object(self.generator),
-                "discriminator": keras.saving.serialize_keras_object(self.discriminator),
-                "latent_dim": self.latent_dim,
-                "label_smoothing": self.label_smoothing,
-                "seed": self.noise_seed,
-            }
-
-        @classmethod
-        def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> GAN:
-            config = dict(config)
-            for key in ("generator", "discriminator"):
-                config[key] = keras.saving.deserialize_keras_object(
-                    config[key], custom_objects=custom_objects
-                )
-            return cls(**config)
-
-    GAN.__qualname__ = "GAN"  # reads as deepfit.models.gan.GAN, not a factory's local
-    return GAN
-
-
-def custom_objects() -> dict[str, type]:
-    """What ``keras.models.load_model`` needs to load a saved GAN (also registers it)."""
-    return {"deepfit>GAN": gan_class()}
-
-
-def __getattr__(name: str) -> Any:
-    # ``from deepfit.models.gan import GAN`` defines the class on first use (imports Keras).
-    if name == "GAN":
-        return gan_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def build(cfg: GANConfig, data: DataSpec, seed: int | None = None) -> keras.Model:
     """An uncompiled GAN for images shaped like ``data``; labels and ``n_outputs`` are ignored.
 
@@ -283,7 +103,9 @@ def build(cfg: GANConfig, data: DataSpec, seed: int | None = None) -> keras.Mode
     ``keras.utils.set_random_seed`` seeds, so the one seeding call per process covers it.
     """
     image_shape = tuple(data.input_shape)
-    return gan_class()(
+    from deepfit.models.gan_network import GAN
+
+    return GAN(
         build_generator(cfg, image_shape),
         build_discriminator(cfg, image_shape),
         latent_dim=cfg.latent_dim,
@@ -291,6 +113,13 @@ def build(cfg: GANConfig, data: DataSpec, seed: int | None = None) -> keras.Mode
         seed=random.randint(1, _MAX_SEED) if seed is None else seed,
         name="gan",
     )
+
+
+def custom_objects() -> dict[str, type]:
+    """What ``keras.saving.load_model`` needs to load a saved GAN."""
+    from deepfit.models.gan_network import GAN
+
+    return {"deepfit>GAN": GAN}
 
 
 SPEC = ModelSpec(

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from deepfit.models._recurrent import RecurrentConfig, make_builder
-from deepfit.models.base import ModelSpec
+from typing import TYPE_CHECKING
+
+from deepfit.models.base import DataSpec, ModelSpec
+from deepfit.models.blocks import RecurrentConfig, recurrent_model
+
+if TYPE_CHECKING:
+    import keras
 
 
 class RNNConfig(RecurrentConfig):
     """SimpleRNN widths, cell activation(s), dropout, recurrent dropout, L2, dense head."""
 
 
-build = make_builder("SimpleRNN", "rnn")
+def build(cfg: RNNConfig, data: DataSpec) -> keras.Model:
+    """Stacked SimpleRNN layers (all but the last return sequences) and a dense head."""
+    return recurrent_model("SimpleRNN", "rnn", cfg, data)
+
 
 SPEC = ModelSpec(
     name="rnn",

@@ -15,7 +15,7 @@ from types import FrameType
 from deepfit.config import ConfigError
 from deepfit.data import DataError
 from deepfit.models import ModelFileError
-from deepfit.outputs import NonFiniteError
+from deepfit.outputs import NonFiniteError, one_line
 from deepfit.tracking import TrackingError
 
 # Failures a user can fix from the message alone: shown as one line, exit status 2.
@@ -89,11 +89,6 @@ def deterministic_ops() -> None:
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception message squeezed onto one line."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking.check_reachable()
 
         deterministic_ops()
-        from deepfit.evaluator import EvalOutputs, evaluate_run
+        from deepfit.evaluate.run import EvalOutputs, evaluate_run
 
         out = EvalOutputs.for_run(run.name)
         evaluate_run(run, params, data, Path("models") / run.name, out, Path(args.scorer))

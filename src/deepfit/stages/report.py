@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__).parse_args(argv)
     with stage("report") as log:
         from deepfit.config import load_params
-        from deepfit.reporting import write_report
+        from deepfit.report.summary import write_report
 
         path = write_report(load_params(args.params))
         log.info("wrote %s", path)

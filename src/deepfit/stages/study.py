@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         study = params.study(args.study)
         data = load_prepared(Path("data/prepared") / study.dataset)
 
-        from deepfit.studies import StudyOutputs, run_study
+        from deepfit.study.run import StudyOutputs, run_study
 
         deterministic_ops()
 

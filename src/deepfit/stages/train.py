@@ -1,7 +1,7 @@
 """train@<run>: params.yaml runs.<run> + data/prepared/<dataset>/ -> models/<run>/, learning
 curves in reports/plots/<run>/curves/, figures in reports/figures/<run>/training/, an MLflow run.
 
-A killed attempt resumes after its last completed epoch (see deepfit.recovery)."""
+A killed attempt resumes after its last completed epoch (see deepfit.train.resume)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking.check_reachable()  # seconds, before any training, if a server is down
 
         deterministic_ops()
-        from deepfit.training import TrainOutputs, train_run
+        from deepfit.train.run import TrainOutputs, train_run
 
         summary = train_run(run, params, data, TrainOutputs.for_run(run.name))
         log.info(

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_prepared(Path("data/prepared") / params.scorer.dataset)
 
         deterministic_ops()
-        from deepfit.scoring import train_scorer
+        from deepfit.train.scorer import train_scorer
 
         info = train_scorer(params.scorer, data, Path(args.out))
         log.info("scorer saved to %s (test accuracy %.4f)", args.out, info["test_accuracy"])

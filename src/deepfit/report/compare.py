@@ -1,7 +1,7 @@
 """``deepfit compare``: one table over the MLflow runs of the workspace and of DVC experiments.
 
 Rows come from MLflow's client (never SQL); each row is one MLflow run with its key metric (from
-the ``deepfit.evaluation`` tag and ``evaluator.KEY_METRICS``), chosen params and fit verdict.
+the ``deepfit.evaluation`` tag and ``evaluate.metrics.KEY_METRICS``), chosen params and fit verdict.
 Imported only by the ``compare`` subcommand: it pulls in pandas and MLflow.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from deepfit.evaluator import KEY_METRICS
+from deepfit.evaluate.metrics import KEY_METRICS, key_metric_names
 from deepfit.outputs import write_text
 
 # Params shown by default, under short headers so the table fits 100-120 columns.
@@ -137,7 +137,7 @@ def _with_table_columns(frame: pd.DataFrame) -> pd.DataFrame:
         frame[header] = frame.get(f"params.{param}")
     frame["start"] = [_start(ms) for ms in frame["start_time"]]
     kinds = frame.get("tags.deepfit.evaluation", pd.Series([None] * len(frame)))
-    keys = [KEY_METRICS.get(kind) if isinstance(kind, str) else None for kind in kinds]
+    keys = [key_metric_names(kind) if kind in KEY_METRICS else None for kind in kinds]
     frame["metric"] = [k[0] if k else None for k in keys]
     frame["value"] = [_metric(frame, i, k[0]) if k else math.nan for i, k in enumerate(keys)]
     frame["baseline"] = [_metric(frame, i, k[1]) if k else math.nan for i, k in enumerate(keys)]

@@ -1,5 +1,5 @@
-"""The report: markdown tables over all runs (scores, fit verdicts) and one figure comparing their
-learning curves."""
+"""report: markdown tables over all runs (scores, fit verdicts) and one figure comparing their
+learning curves, from the metrics, evidence and curve files the earlier stages wrote."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from deepfit import figures
 from deepfit.config import Params
-from deepfit.evaluator import evaluation_kind, key_metric
+from deepfit.evaluate.metrics import KEY_METRICS, evaluation_kind
 from deepfit.outputs import write_text
 
 log = logging.getLogger(__name__)
@@ -36,32 +36,35 @@ def summary_rows(params: Params, reports: Path) -> list[dict[str, Any]]:
         if not path.exists():
             log.warning("%s: no metrics at %s; left out of the summary", name, path)
             continue
-        metrics = json.loads(path.read_text())
-        kind = evaluation_kind(run, params.dataset(run.dataset))
-        key, value, baseline, better = key_metric(metrics, kind)
-        train = metrics.get("train", {})
-        fit = metrics.get("fit", {})
-        info_path = reports / "metrics" / f"{name}.run.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        kind = evaluation_kind(run.model, params.dataset(run.dataset))
+        metric, _, better = KEY_METRICS[kind]
+        scores = json.loads(path.read_text())
+        evidence = _read(reports / "evidence" / f"{name}.json")
+        info = _read(reports / "evidence" / f"{name}.run.json")
+        train = evidence.get("train", {})
         rows.append(
             {
                 "run": name,
                 "model": run.model,
                 "dataset": run.dataset,
-                "metric": key,
-                "value": value,
-                "baseline": baseline,
+                "metric": f"test.{metric}",
+                "value": scores["test"].get(metric),
+                "baseline": scores["baseline"].get(metric),
                 "baseline_name": _baseline_name(kind),
                 "better": better,
                 "epochs": train.get("epochs"),
                 "best_epoch": train.get("best_epoch"),
                 "params": train.get("params"),
-                "seconds": info.get("train", {}).get("seconds", train.get("seconds")),
-                "fit": fit,
-                "gradients": metrics.get("gradients", {}),
+                "seconds": info.get("train", {}).get("seconds"),
+                "fit": evidence.get("fit", {}),
+                "gradients": evidence.get("gradients", {}),
             }
         )
     return rows
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -1,9 +1,9 @@
-"""Classic fit studies: one base model trained in several variants on the same data.
+"""study@<study>: one base model trained in several variants on the same data.
 
 ``capacity`` varies the model's size, ``regularisation`` its regularisers, ``activation`` its
 activation function; every variant gets the same fit verdict as a pipeline run (see
-``deepfit.diagnosis``). A study writes ``reports/studies/<study>.md`` and ``.csv`` (one row per
-variant), the figure ``reports/figures/studies/<study>.png``, every variant's history and
+``deepfit.evaluate.diagnosis``). A study writes ``reports/studies/<study>.md`` and ``.csv`` (one
+row per variant), the figure ``reports/figures/studies/<study>.png``, every variant's history and
 gradient norms under ``models/studies/<study>/`` (in DVC's cache, not git, so a fresh clone
 runs the study and fills its own MLflow store), and an MLflow parent run ``study:<study>`` with
 one child run per variant.
@@ -11,27 +11,25 @@ one child run per variant.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepfit import diagnosis, figures
+from deepfit import tracking
 from deepfit.config import Params, StudyConfig
 from deepfit.data import DataError
-from deepfit.models import get_spec
-from deepfit.outputs import atomic_dir, write_json, write_text
-from deepfit.training import (
+from deepfit.evaluate import diagnosis
+from deepfit.outputs import (
     HISTORY_FILE,
-    compile_model,
-    fit,
-    gradient_callback,
-    standard_callbacks,
+    atomic_dir,
+    csv_text,
     write_gradients,
+    write_json,
+    write_text,
 )
+from deepfit.study.figures import study_png
 
 if TYPE_CHECKING:
     from deepfit.config import RunConfig
@@ -98,8 +96,6 @@ def run_study(
     study: StudyConfig, params: Params, data: Prepared, out: StudyOutputs
 ) -> list[dict[str, Any]]:
     """Train every variant, judge its fit, and write the study's table, figure and MLflow runs."""
-    from deepfit import tracking
-
     try:
         data = subsample(data, study.train_size, params.seeds.split)
     except DataError as exc:
@@ -132,7 +128,7 @@ def run_study(
         table = markdown_table(study, points)
         write_text(out.csv, csv_table(points))
         write_text(out.table, table)
-        figures.study_png(study.kind, points, histories, gradients, out.figure, study.name)
+        study_png(study.kind, points, histories, gradients, out.figure, study.name)
         mlflow.log_artifact(str(out.table), artifact_path="study")
         mlflow.log_artifact(str(out.csv), artifact_path="study")
         mlflow.log_artifact(str(out.figure), artifact_path="study")
@@ -148,50 +144,71 @@ def _variant(
     reference: tuple[float, float],
     metric: str | None,
 ) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[str, float]]]:
-    import keras
+    """Train one variant as a child MLflow run; judge its fit; return its table row, history
+    and gradient norms."""
     import mlflow
 
-    from deepfit import tracking
-    from deepfit.callbacks import EpochMetricsLogger
-    from deepfit.recovery import DivergenceGuard
+    from deepfit.train.run import build_model, run_params
 
-    spec = get_spec(run.model)
-    keras.utils.set_random_seed(params.seeds.train)
-    model = spec.build(run.arch, data.spec)
-    steps = -(-len(data.train[0]) // run.train.batch_size)
-    compile_model(model, data.spec, run.train, steps, generative=False)
-    flat = {**run.flat(), "seeds.split": params.seeds.split, "seeds.train": params.seeds.train}
+    model = build_model(run, params, data)
     tags = {"deepfit.study": study.name, "deepfit.variant": name}
     with tracking.start_run(
-        run, params.mlflow.experiment, flat, name=f"{study.name}/{name}", tags=tags, nested=True
+        run,
+        params.mlflow.experiment,
+        run_params(run, params),
+        name=f"{study.name}/{name}",
+        tags=tags,
+        nested=True,
     ):
-        # Without early stopping the last epoch's weights stay: the study shows what training
-        # for that long does, including overfitting.
-        logger = EpochMetricsLogger()
-        callbacks = [DivergenceGuard(raise_error=False), logger]  # a diverged variant stops
-        if run.train.early_stopping.enabled:
-            callbacks += standard_callbacks(run.train, generative=False)
-        grads = gradient_callback(
-            model, data, run.train, params.seeds.train, generative=False, logger=logger
-        )
-        if grads is not None:
-            callbacks.append(grads)
-        started = time.perf_counter()
-        try:
-            history = fit(model, data, run.train, callbacks, False, params.seeds.train)
-        finally:
-            logger.flush()
-        seconds = time.perf_counter() - started
-        records = grads.ordered_records() if grads is not None else []
+        history, records, seconds = _fit_variant(model, run, params, data)
         verdict = diagnosis.diagnose(history, params.fit, reference, metric=metric)
         grad_summary = diagnosis.gradient_summary(records, params.fit)
-        metrics, fit_tags = diagnosis.mlflow_payload(verdict, grad_summary)
-        mlflow.log_metrics({**metrics, "n_params": model.count_params()})
+        fit_metrics, fit_tags = diagnosis.mlflow_payload(verdict, grad_summary)
+        mlflow.log_metrics({**fit_metrics, "n_params": model.count_params()})
         mlflow.set_tags(fit_tags)
     log.info("%s/%s: %s (%s)", study.name, name, verdict["verdict"], verdict["reasons"])
+    point = _point(name, int(model.count_params()), verdict, grad_summary, metric, seconds)
+    return point, history, records
+
+
+def _fit_variant(
+    model: Any, run: RunConfig, params: Params, data: Prepared
+) -> tuple[dict[str, list[float]], list[dict[str, float]], float]:
+    """Fit without early stopping unless the variant asks for it: the study shows what training
+    for that long does, overfitting included. A diverged variant stops and is judged so."""
+    import mlflow
+
+    from deepfit.train.callbacks import DivergenceGuard, MlflowMetrics
+    from deepfit.train.gradients import gradient_callback
+    from deepfit.train.loop import fit, standard_callbacks
+
+    callbacks = [DivergenceGuard(raise_error=False), MlflowMetrics()]
+    if run.train.early_stopping.enabled:
+        callbacks += standard_callbacks(run.train, generative=False)
+    grads = gradient_callback(model, data, run.train, params.seeds.train, generative=False)
+    if grads is not None:
+        callbacks.append(grads)
+    started = time.perf_counter()
+    try:
+        history = fit(model, data, run.train, callbacks, False, params.seeds.train)
+    finally:
+        mlflow.flush_async_logging()
+    records = grads.ordered_records() if grads is not None else []
+    return history, records, time.perf_counter() - started
+
+
+def _point(
+    name: str,
+    n_params: int,
+    verdict: dict[str, Any],
+    grad_summary: dict[str, Any],
+    metric: str | None,
+    seconds: float,
+) -> dict[str, Any]:
+    """One row of the study table."""
     point = {
         "variant": name,
-        "params": int(model.count_params()),
+        "params": n_params,
         **{k: verdict[k] for k in COLUMNS if k in verdict},
         "seconds": round(seconds, 2),
     }
@@ -203,15 +220,12 @@ def _variant(
         point["grad_first_median"] = grad_summary["first_norm_median"]
         point["grad_last_median"] = grad_summary["last_norm_median"]
         point["vanished"] = grad_summary["vanished"]
-    return point, history, records
+    return point
 
 
 def csv_table(points: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n", restval="")
-    writer.writeheader()
-    writer.writerows(points)
-    return buffer.getvalue()
+    """Every column of the study table, one row per variant."""
+    return csv_text(COLUMNS, ([p.get(c) for c in COLUMNS] for p in points))
 
 
 def markdown_table(study: StudyConfig, points: list[dict[str, Any]]) -> str:

@@ -1,4 +1,4 @@
-"""Training that survives interruption and stops at divergence.
+"""Training that survives interruption.
 
 ``TrainingBackup`` keeps Keras' ``BackupAndRestore`` checkpoint, plus what it does not keep (the
 history so far, early-stopping and plateau counters, gradient records, GAN sample grids), under
@@ -7,7 +7,7 @@ run's resolved params, its data and deepfit's code, so a changed run never resum
 state. A killed stage that runs again resumes after its last backed-up epoch; the folder is
 deleted once the stage succeeds. Backups are throttled to about 2 % of the training time (every
 epoch when epochs are slow, every few epochs when they take milliseconds), so a kill loses at
-most a few seconds of training. ``DivergenceGuard`` fails training at the first NaN/Inf loss.
+most a few seconds of training.
 
 Imports Keras at module level: only training code imports this module.
 """
@@ -17,17 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
-from deepfit.callbacks import Throttle
 from deepfit.outputs import write_text
 
 if TYPE_CHECKING:
@@ -48,47 +47,6 @@ STATEFUL = {
 }
 
 
-class TrainingDiverged(FloatingPointError):
-    """A loss became NaN or infinite; the message says where and what to change."""
-
-
-class DivergenceGuard(keras.callbacks.Callback):
-    """Like ``TerminateOnNaN(raise_error=True)``, but over every loss in the logs (a GAN logs
-    ``d_loss`` and ``g_loss``, not ``loss``), the validation losses too, and at the end of each
-    epoch instead of after every batch (a per-batch hook would make every training step wait
-    for the previous one). An epoch's mean loss is NaN or infinite when any of its batches was.
-
-    It raises at once, so the diverged epoch is never logged, backed up or saved; put it first
-    in the callback list. ``on_diverge`` runs just before (e.g. to drop a backup). With
-    ``raise_error=False`` it stops training instead (a study keeps its diverged variants).
-    """
-
-    def __init__(
-        self, on_diverge: Callable[[], None] | None = None, raise_error: bool = True
-    ) -> None:
-        super().__init__()
-        self.on_diverge = on_diverge
-        self.raise_error = raise_error
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        bad = {
-            k: float(v) for k, v in (logs or {}).items() if k.endswith("loss") and not _finite(v)
-        }
-        if not bad:
-            return
-        if self.on_diverge is not None:
-            self.on_diverge()
-        values = ", ".join(f"{k} = {v}" for k, v in bad.items())
-        message = f"training diverged at epoch {epoch + 1}: {values}"
-        if not self.raise_error:
-            log.warning("%s; training stopped", message)
-            self.model.stop_training = True
-            return
-        raise TrainingDiverged(
-            f"{message}; lower train.optimizer.learning_rate or set train.optimizer.clipnorm"
-        )
-
-
 def backup_key(run_flat: Mapping[str, Any], seeds: Mapping[str, int], manifest: Mapping) -> str:
     """Hash of what a backup is only valid for: resolved run params, seeds, data, code."""
     data = {s: info.get("sha256") for s, info in manifest.get("splits", {}).items()}
@@ -101,12 +59,40 @@ def backup_key(run_flat: Mapping[str, Any], seeds: Mapping[str, int], manifest: 
 
 
 def _code_digest() -> str:
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # all of deepfit
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+class Throttle:
+    """Runs a recurring chore only while it stays a small ``share`` of the wall time.
+
+    ``due()`` is true once the time since the chore last ran is at least its last duration
+    divided by ``share``: with ``share=0.01`` a chore that takes 20 ms runs at most every 2 s,
+    one that takes 1 ms every 0.1 s. The first call is always due; ``share >= 1`` is always due.
+    """
+
+    def __init__(self, share: float, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.share = share
+        self._clock = clock
+        self._cost = 0.0
+        self._since = clock()
+
+    def due(self) -> bool:
+        return self.share >= 1 or (self._clock() - self._since) * self.share >= self._cost
+
+    @contextmanager
+    def timed(self) -> Iterator[None]:
+        """Time one run of the chore."""
+        started = self._clock()
+        try:
+            yield
+        finally:
+            self._since = self._clock()
+            self._cost = self._since - started
 
 
 class TrainingBackup:
@@ -358,13 +344,6 @@ def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
     with open(tmp, "wb") as handle:
         np.savez(handle, *arrays)
     tmp.replace(path)
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return True  # not a number: nothing to check
 
 
 def _is_number(value: Any) -> bool:

@@ -1,4 +1,4 @@
-"""The fixed feature classifier that scores GAN samples, trained in its own stage.
+"""train_scorer: the fixed feature classifier that scores GAN samples, trained in its own stage.
 
 Its architecture is fixed here and its seed and epochs live under ``scorer:`` in params, so GAN
 scores stay comparable while the user varies the CNN run.
@@ -11,19 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepfit.config import ScorerConfig
-from deepfit.models import get_spec, load_model
-from deepfit.outputs import atomic_dir, write_json
+from deepfit.models import get_spec
+from deepfit.outputs import MODEL_FILE, atomic_dir, write_json
 
 if TYPE_CHECKING:
-    import keras
-    import numpy as np
-
     from deepfit.data import Prepared
 
 log = logging.getLogger(__name__)
 
 SCORER_ARCH = {"filters": [32, 64], "kernel_size": 3, "dense": [64], "dropout": 0.3}
-MODEL_FILE = "model.keras"
 
 
 def train_scorer(cfg: ScorerConfig, data: Prepared, out_dir: Path) -> dict[str, Any]:
@@ -31,8 +27,8 @@ def train_scorer(cfg: ScorerConfig, data: Prepared, out_dir: Path) -> dict[str, 
     import keras
     import numpy as np
 
-    from deepfit.callbacks import EpochProgress
-    from deepfit.training import input_pipeline
+    from deepfit.train.callbacks import EpochProgress
+    from deepfit.train.loop import input_pipeline
 
     spec = get_spec("cnn")
     keras.utils.set_random_seed(cfg.seed)
@@ -61,21 +57,3 @@ def train_scorer(cfg: ScorerConfig, data: Prepared, out_dir: Path) -> dict[str, 
         write_json(staging / "scorer.json", info)
     log.info("scorer test accuracy %.4f", accuracy)
     return info
-
-
-class Scorer:
-    """Features (the input of the scorer's output layer) and class predictions for images."""
-
-    def __init__(self, model_dir: Path) -> None:
-        import keras
-
-        self.model: keras.Model = load_model(model_dir / MODEL_FILE, "cnn")
-        self.features_model = keras.Model(self.model.inputs, self.model.layers[-1].input)
-
-    def features(self, images: np.ndarray) -> np.ndarray:
-        return self.features_model.predict(images, batch_size=256, verbose=0)
-
-    def classes(self, images: np.ndarray) -> np.ndarray:
-        import numpy as np
-
-        return np.argmax(self.model.predict(images, batch_size=256, verbose=0), axis=1)

@@ -1,0 +1,211 @@
+"""Keras callbacks deepfit adds to the built-in ones: per-epoch MLflow metrics, progress lines,
+the divergence guard, per-layer gradient norms and GAN sample grids.
+
+None of them has a per-batch hook: Keras then runs the training steps asynchronously, as it does
+for a bare ``fit(verbose=0)``. Imports Keras at module level: only training code imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+
+log = logging.getLogger(__name__)
+
+
+class MlflowMetrics(keras.callbacks.Callback):
+    """Every epoch's Keras logs to the active MLflow run, ``step = epoch`` (1-based), through
+    MLflow's asynchronous logging: the call queues the values with the epoch's own timestamp
+    and returns; MLflow batches the queue into ``log_batch`` requests in the background.
+
+    ``mlflow.keras.MlflowCallback`` does the same per epoch but also logs the validation metrics
+    a second time as ``validation_*`` without a step (its ``on_test_end``), which breaks the
+    per-epoch curves; this is its ``on_epoch_end`` alone, with 1-based steps.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        import mlflow
+
+        values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+        if values:
+            mlflow.log_metrics(values, step=epoch + 1, synchronous=False)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        import mlflow
+
+        mlflow.flush_async_logging()
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """One progress line per epoch: ``Epoch 3/30: 0.12 s - loss 0.2345 - val_loss 0.3456``.
+
+    Replaces Keras' own ``verbose=2`` output, whose per-batch hook makes every training step wait
+    for the previous one's results (no batch hooks: Keras dispatches steps asynchronously).
+    """
+
+    def __init__(self, write: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        self._write = write or (lambda line: print(line, flush=True))
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds = time.perf_counter() - self._started
+        values = " - ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items() if _is_number(v))
+        total = self.params.get("epochs", "?") if self.params else "?"
+        self._write(f"Epoch {epoch + 1}/{total}: {seconds:.2f} s - {values}")
+
+
+class FirstStep(keras.callbacks.Callback):
+    """Wall-clock time (``time.time()``) at which the first training step had run: the start of
+    the second compiled call, or the end of the first epoch if that comes first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: float | None = None
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self.at is None and batch > 0:
+            self.at = time.time()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.at is None:
+            self.at = time.time()
+
+
+class TrainingDiverged(FloatingPointError):
+    """A loss became NaN or infinite; the message says where and what to change."""
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Like ``TerminateOnNaN(raise_error=True)``, but over every loss in the logs (a GAN logs
+    ``d_loss`` and ``g_loss``, not ``loss``), the validation losses too, and at the end of each
+    epoch instead of after every batch (a per-batch hook would make every training step wait
+    for the previous one). An epoch's mean loss is NaN or infinite when any of its batches was.
+
+    It raises at once, so the diverged epoch is never logged, backed up or saved; put it first
+    in the callback list. ``on_diverge`` runs just before (e.g. to drop a backup). With
+    ``raise_error=False`` it stops training instead (a study keeps its diverged variants).
+    """
+
+    def __init__(
+        self, on_diverge: Callable[[], None] | None = None, raise_error: bool = True
+    ) -> None:
+        super().__init__()
+        self.on_diverge = on_diverge
+        self.raise_error = raise_error
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        bad = {
+            k: float(v) for k, v in (logs or {}).items() if k.endswith("loss") and not _finite(v)
+        }
+        if not bad:
+            return
+        if self.on_diverge is not None:
+            self.on_diverge()
+        values = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        message = f"training diverged at epoch {epoch + 1}: {values}"
+        if not self.raise_error:
+            log.warning("%s; training stopped", message)
+            self.model.stop_training = True
+            return
+        raise TrainingDiverged(
+            f"{message}; lower train.optimizer.learning_rate or set train.optimizer.clipnorm"
+        )
+
+
+class GradientNorms(keras.callbacks.Callback):
+    """At the end of every epoch, the gradient norm of each layer on one fixed training batch.
+
+    The gradient is that of the data loss alone (weight penalties left out), with the model in
+    inference mode: dropout draws no random numbers, so measuring never changes the training.
+    ``records`` holds one ``{layer: norm}`` per epoch, layers in forward order; each epoch is
+    also passed to ``on_record(norms, epoch)`` (the training code logs it to MLflow).
+    """
+
+    def __init__(
+        self,
+        probe: Callable[[], dict[str, float]],
+        on_record: Callable[[dict[str, float], int], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.probe = probe
+        self.on_record = on_record
+        self.records: list[dict[str, float]] = []
+        self.layers: list[str] = list(getattr(probe, "layers", []))  # forward order
+
+    def ordered_records(self) -> list[dict[str, float]]:
+        """``records`` with every epoch's layers in forward order (a resume may reorder keys)."""
+        if not self.layers:
+            return list(self.records)
+        return [{name: r[name] for name in self.layers} for r in self.records]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        norms = self.probe()
+        self.records.append(norms)
+        if self.on_record is not None:
+            self.on_record(norms, epoch + 1)
+
+
+class SampleGrid(keras.callbacks.Callback):
+    """Every ``every`` epochs (and at the end) render samples from fixed noise to a PNG.
+
+    ``render(model, epoch) -> Path`` draws and writes the grid; ``on_image`` receives each path
+    (the training code logs it to MLflow).
+    """
+
+    def __init__(
+        self,
+        every: int,
+        render: Callable[[keras.Model, int], Path],
+        on_image: Callable[[Path], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.every = every
+        self.render = render
+        self.on_image = on_image
+        self.paths: list[Path] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.paths = []
+        self._last = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if (epoch + 1) % self.every == 0:
+            self._emit(epoch + 1)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        # the last epoch index, not a count: a resumed fit starts after epoch 0
+        done = self.model.history.epoch if self.model.history else []
+        epochs_done = done[-1] + 1 if done else 0
+        if epochs_done and epochs_done != self._last:
+            self._emit(epochs_done)
+
+    def _emit(self, epoch: int) -> None:
+        path = self.render(self.model, epoch)
+        self.paths.append(path)
+        self._last = epoch
+        if self.on_image is not None:
+            self.on_image(path)
+
+
+def _finite(value: object) -> bool:
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return True  # not a number: nothing to check
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+        return True
+    except (TypeError, ValueError):
+        return False

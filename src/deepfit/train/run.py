@@ -1,0 +1,261 @@
+"""train@<run>: build the run's model, fit it with deepfit's callbacks, save the model, its
+history, learning curves, gradient norms and figures, and track all of it in MLflow.
+
+``train_run`` is the one call the train stage makes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import keras
+
+from deepfit import figures, tracking
+from deepfit.config import Params, RunConfig
+from deepfit.models import get_spec
+from deepfit.outputs import (
+    GRADIENTS_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    RUN_FILE,
+    atomic_dir,
+    write_gradients,
+    write_json,
+    write_text,
+)
+from deepfit.train.callbacks import DivergenceGuard, FirstStep, MlflowMetrics, SampleGrid
+from deepfit.train.curves import curve_tables, gradient_table
+from deepfit.train.gradients import gradient_callback
+from deepfit.train.loop import best_epoch, compile_model, fit, standard_callbacks
+from deepfit.train.resume import TrainingBackup
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from deepfit.data import Prepared
+    from deepfit.train.callbacks import GradientNorms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where one run's training writes: model folder, learning-curve and gradient data, figures."""
+
+    model_dir: Path
+    curves_dir: Path
+    gradients_dir: Path
+    figures_dir: Path
+
+    @classmethod
+    def for_run(cls, name: str, root: Path = Path()) -> TrainOutputs:
+        return cls(
+            model_dir=root / "models" / name,
+            curves_dir=root / "reports" / "plots" / name / "curves",
+            gradients_dir=root / "reports" / "plots" / name / "gradients",
+            figures_dir=root / "reports" / "figures" / name / "training",
+        )
+
+
+def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs) -> dict[str, Any]:
+    """Train one run end to end: build, fit, save model and curves, track everything in MLflow."""
+    # Wall-clock marks of the start-up (the benchmark's P2 reads them from run.json).
+    timeline = {"ready": time.time()}  # params valid, data loaded, TensorFlow imported
+    model = build_model(run, params, data)
+    # A killed attempt left its last completed epoch here (outside DVC's outputs).
+    backup = TrainingBackup.for_run(run, params, data.manifest)
+    # Outputs are staged and swapped in only when everything, MLflow included, has succeeded.
+    with (
+        tracking.start_run(
+            run, params.mlflow.experiment, run_params(run, params), tags=backup.tags()
+        ) as active,
+        atomic_dir(out.model_dir) as model_dir,
+        atomic_dir(out.figures_dir) as figures_dir,
+        atomic_dir(out.curves_dir) as curves_dir,
+        atomic_dir(out.gradients_dir) as gradients_dir,
+    ):
+        timeline["tracking"] = time.time()  # MLflow run open
+        staged = TrainOutputs(model_dir, curves_dir, gradients_dir, figures_dir)
+        first_step, gradients = (
+            FirstStep(),
+            gradient_callback(
+                model, data, run.train, params.seeds.train, get_spec(run.model).generative
+            ),
+        )
+        callbacks = _callbacks(run, params, backup, first_step, gradients, figures_dir)
+        backup.attach(active.info.run_id, callbacks, figures_dir, tracking.log_epoch_rows)
+        history, seconds = _fit(model, data, run, params, [*callbacks, backup.callback], backup)
+        summary = _summary(run, model, active.info, history, seconds)
+        summary["timeline"] = {**timeline, "first_step": first_step.at}
+        records = gradients.ordered_records() if gradients is not None else []
+        save_outputs(staged, run.name, model, history, summary, records)
+        _log_outputs(model, summary, figures_dir, data.val[0][:5])
+    backup.clear()
+    log.info("%s: %d epochs in %.1fs, best epoch %d", run.name, *_brief(summary))
+    return summary
+
+
+def build_model(run: RunConfig, params: Params, data: Prepared) -> keras.Model:
+    """The run's compiled model, its weights seeded by ``seeds.train`` (one seeding call)."""
+    spec = get_spec(run.model)
+    keras.utils.set_random_seed(params.seeds.train)
+    model = spec.build(run.arch, data.spec)
+    steps = -(-len(data.train[0]) // run.train.batch_size)
+    compile_model(model, data.spec, run.train, steps, spec.generative)
+    return model
+
+
+def run_params(run: RunConfig, params: Params) -> dict[str, Any]:
+    """What MLflow logs as the run's params: its resolved settings and both seeds."""
+    return {**run.flat(), "seeds.split": params.seeds.split, "seeds.train": params.seeds.train}
+
+
+def _callbacks(
+    run: RunConfig,
+    params: Params,
+    backup: TrainingBackup,
+    first_step: FirstStep,
+    gradients: GradientNorms | None,
+    figures_dir: Path,
+) -> list[keras.callbacks.Callback]:
+    generative = get_spec(run.model).generative
+    callbacks = [
+        DivergenceGuard(on_diverge=backup.clear),  # first: raises before anything logs NaN
+        *standard_callbacks(run.train, generative),
+        MlflowMetrics(),
+        first_step,
+    ]
+    if gradients is not None:
+        callbacks.append(gradients)
+    if generative:
+        callbacks.append(_sample_grid(run, params, figures_dir))
+    return callbacks
+
+
+def _fit(
+    model: keras.Model,
+    data: Prepared,
+    run: RunConfig,
+    params: Params,
+    callbacks: list[keras.callbacks.Callback],
+    backup: TrainingBackup,
+) -> tuple[dict[str, list[float]], float]:
+    """Fit; return every epoch's history (an interrupted attempt's too) and the seconds spent."""
+    import mlflow
+
+    generative = get_spec(run.model).generative
+    started = time.perf_counter()
+    try:
+        fit(model, data, run.train, callbacks, generative, params.seeds.train)
+    finally:
+        mlflow.flush_async_logging()  # also the curve up to a failure or an interruption
+    history = backup.history  # every epoch, also those of an interrupted attempt
+    _check_finite(model, history)
+    return history, time.perf_counter() - started + backup.seconds_before
+
+
+def _summary(
+    run: RunConfig, model: keras.Model, info: Any, history: dict[str, list[float]], seconds: float
+) -> dict[str, Any]:
+    epochs = len(next(iter(history.values())))
+    return {
+        "run": run.name,
+        "mlflow_run_id": info.run_id,
+        "run_name": info.run_name,
+        "mlflow_experiment_id": info.experiment_id,
+        "epochs": epochs,
+        "best_epoch": best_epoch(history, get_spec(run.model).generative),
+        "params": int(model.count_params()),
+        "seconds": round(seconds, 3),
+        "seconds_per_epoch": round(seconds / max(1, epochs), 4),
+    }
+
+
+def save_outputs(
+    out: TrainOutputs,
+    name: str,
+    model: keras.Model,
+    history: dict[str, list[float]],
+    summary: dict[str, Any],
+    records: list[dict[str, float]],
+) -> None:
+    """The model, history, run summary, curve and gradient tables and figures into ``out``."""
+    model.save(out.model_dir / MODEL_FILE)
+    write_json(out.model_dir / HISTORY_FILE, history)
+    write_json(out.model_dir / RUN_FILE, summary)
+    figures.run_curves_png(history, out.figures_dir / "learning_curves.png", title=name)
+    for metric, table in curve_tables(history).items():
+        write_text(out.curves_dir / f"{metric}.csv", table)
+    write_text(out.gradients_dir / "norms.csv", gradient_table(records))
+    if records:
+        write_gradients(out.model_dir / GRADIENTS_FILE, records)
+        figures.gradient_norms_png(records, out.figures_dir / "gradients.png", title=name)
+
+
+def _log_outputs(
+    model: keras.Model, summary: dict[str, Any], figures_dir: Path, x_example: np.ndarray
+) -> None:
+    import mlflow
+
+    mlflow.log_metrics(
+        {
+            "best_epoch": summary["best_epoch"],
+            "epochs_run": summary["epochs"],
+            "train_seconds": summary["seconds"],
+            "n_params": summary["params"],
+        }
+    )
+    mlflow.log_artifacts(str(figures_dir), artifact_path="figures/training")
+    _log_model(model, x_example)
+
+
+def _brief(summary: dict[str, Any]) -> tuple[int, float, int]:
+    return summary["epochs"], summary["seconds"], summary["best_epoch"]
+
+
+def _sample_grid(run: RunConfig, params: Params, figures_dir: Path) -> keras.callbacks.Callback:
+    import mlflow
+
+    def render(model: keras.Model, epoch: int) -> Path:
+        images = model.sample(64, seed=params.seeds.train)
+        path = figures_dir / f"samples_epoch_{epoch:04d}.png"
+        return figures.image_grid_png(images, path, title=f"{run.name}: epoch {epoch}", ncols=8)
+
+    def log_image(path: Path) -> None:
+        mlflow.log_artifact(str(path), artifact_path="figures/samples")
+
+    return SampleGrid(run.train.sample_every, render, log_image)
+
+
+def _check_finite(model: keras.Model, history: dict[str, list[float]]) -> None:
+    import numpy as np
+
+    bad = [k for k, values in history.items() if values and not np.isfinite(values[-1])]
+    if bad or not all(np.isfinite(w).all() for w in model.get_weights()):
+        raise FloatingPointError(
+            f"training diverged: non-finite {', '.join(bad) or 'weights'}; "
+            "lower train.optimizer.learning_rate or add clipnorm"
+        )
+
+
+def _log_model(model: keras.Model, x_example: np.ndarray) -> None:
+    """Log the model to MLflow with its signature (for a GAN: the generator, noise -> images)."""
+    from importlib import metadata
+
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    generative = hasattr(model, "generator")
+    target = model.generator if generative else model
+    if generative:
+        rng = np.random.default_rng(0)
+        x_example = rng.normal(size=(len(x_example), model.latent_dim)).astype("float32")
+    signature = infer_signature(x_example, np.asarray(target.predict(x_example, verbose=0)))
+    # Explicit requirements: MLflow's inference would reload the model in a subprocess.
+    pip = [f"{name}=={metadata.version(name)}" for name in ("keras", "tensorflow-cpu")]
+    mlflow.keras.log_model(target, name="model", signature=signature, pip_requirements=pip)
