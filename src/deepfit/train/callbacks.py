@@ -22,23 +22,35 @@ class MlflowMetrics(keras.callbacks.Callback):
     """Every epoch's Keras logs to the active MLflow run, ``step = epoch`` (1-based), through
     MLflow's asynchronous logging: the call queues the values with the epoch's own timestamp
     and returns; MLflow batches the queue into ``log_batch`` requests in the background.
+    ``seconds`` is the time training spent in these calls and the final flush.
 
     ``mlflow.keras.MlflowCallback`` does the same per epoch but also logs the validation metrics
     a second time as ``validation_*`` without a step (its ``on_test_end``), which breaks the
     per-epoch curves; this is its ``on_epoch_end`` alone, with 1-based steps.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds = 0.0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.seconds = 0.0
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         import mlflow
 
+        started = time.perf_counter()
         values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         if values:
             mlflow.log_metrics(values, step=epoch + 1, synchronous=False)
+        self.seconds += time.perf_counter() - started
 
     def on_train_end(self, logs: dict | None = None) -> None:
         import mlflow
 
+        started = time.perf_counter()
         mlflow.flush_async_logging()
+        self.seconds += time.perf_counter() - started
 
 
 class EpochProgress(keras.callbacks.Callback):

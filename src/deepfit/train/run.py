@@ -80,17 +80,15 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
     ):
         timeline["tracking"] = time.time()  # MLflow run open
         staged = TrainOutputs(model_dir, curves_dir, gradients_dir, figures_dir)
-        first_step, gradients = (
-            FirstStep(),
-            gradient_callback(
-                model, data, run.train, params.seeds.train, get_spec(run.model).generative
-            ),
-        )
-        callbacks = _callbacks(run, params, backup, first_step, gradients, figures_dir)
+        first_step, metrics = FirstStep(), MlflowMetrics()
+        generative = get_spec(run.model).generative
+        gradients = gradient_callback(model, data, run.train, params.seeds.train, generative)
+        callbacks = _callbacks(run, params, backup, [metrics, first_step], gradients, figures_dir)
         backup.attach(active.info.run_id, callbacks, figures_dir, tracking.log_epoch_rows)
         history, seconds = _fit(model, data, run, params, [*callbacks, backup.callback], backup)
         summary = _summary(run, model, active.info, history, seconds)
         summary["timeline"] = {**timeline, "first_step": first_step.at}
+        summary["mlflow_epoch_logging_seconds"] = round(metrics.seconds, 4)
         records = gradients.ordered_records() if gradients is not None else []
         save_outputs(staged, run.name, model, history, summary, records)
         _log_outputs(model, summary, figures_dir, data.val[0][:5])
@@ -118,7 +116,7 @@ def _callbacks(
     run: RunConfig,
     params: Params,
     backup: TrainingBackup,
-    first_step: FirstStep,
+    observers: list[keras.callbacks.Callback],
     gradients: GradientNorms | None,
     figures_dir: Path,
 ) -> list[keras.callbacks.Callback]:
@@ -126,8 +124,7 @@ def _callbacks(
     callbacks = [
         DivergenceGuard(on_diverge=backup.clear),  # first: raises before anything logs NaN
         *standard_callbacks(run.train, generative),
-        MlflowMetrics(),
-        first_step,
+        *observers,  # MLflow epoch metrics, first-step time
     ]
     if gradients is not None:
         callbacks.append(gradients)
