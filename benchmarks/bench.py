@@ -17,7 +17,9 @@ same run (bare Keras, then the pipeline, for each seed), because these machines 
     Q3  LSTM sunspots test RMSE / AR baseline's                          <= 1
     Q4  adding problem: LSTM MSE < 0.01 while SimpleRNN MSE >= 0.1       at the params' length
     Q5  GAN Frechet distance (fixed classifier's features); classes      <= 20; 10 of 10
+    M1  MLflow per-epoch logging, share of the `cnn` fit time            <= 1 %
 
+Each group of targets is one function returning its rows and detail tables, listed in `GROUPS`.
 Writes reports/benchmarks.md and reports/benchmarks.json; exit status 0 when every target is
 met. Usage: `make bench`, or `.venv/bin/python benchmarks/bench.py [--repeats 3] [--keep]`.
 Not part of the test suite: it measures, and takes about a quarter of an hour.
@@ -37,14 +39,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from deepfit.outputs import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
-STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+STAGE_LINE = re.compile(r"^Running stage '([^']+)'", re.MULTILINE)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -128,8 +134,9 @@ def repro(repo: Path) -> tuple[float, list[tuple[str, float]]]:
     return seconds, [(name, end - t) for (name, t), end in zip(marks, ends, strict=True)]
 
 
-def metrics(repo: Path, run_name: str) -> dict[str, Any]:
-    return json.loads((repo / "reports" / "metrics" / f"{run_name}.json").read_text())
+def report(reports: Path, folder: str, run_name: str) -> dict[str, Any]:
+    """A run's JSON output under ``reports/``: ``metrics`` (what DVC compares) or ``evidence``."""
+    return json.loads((reports / folder / f"{run_name}.json").read_text())
 
 
 def row(
@@ -149,25 +156,9 @@ def row(
 # --- measurements -------------------------------------------------------------------------------
 
 
-def lazy_imports(repo: Path, repeats: int) -> list[dict[str, Any]]:
-    rows = []
-    for rid, what, args in (
-        ("L1", "`deepfit --help`", ["--help"]),
-        ("L2", "`deepfit validate` (params.yaml checked)", ["validate"]),
-    ):
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            run(["deepfit", *args], repo)
-            times.append(time.perf_counter() - started)
-        s = spread(times)
-        rows.append(row(rid, what, "<= 0.5 s", s, s["median"] <= 0.5, "s"))
-    return rows
-
-
-def cold(work: Path, repeats: int) -> tuple[Path, dict[str, Any], list[tuple[str, float]]]:
-    """P5: cold `dvc repro` in ``repeats`` fresh copies; returns the last copy for the rest."""
-    times, stages, repo = [], [], work
+def cold(work: Path, repeats: int) -> tuple[dict[str, Any], list[tuple[str, float]]]:
+    """Cold `dvc repro` in ``repeats`` fresh copies ``work/cold<i>``; the last one is kept."""
+    times, stages = [], []
     for i in range(repeats):
         repo = copy_repo(work / f"cold{i}")
         print(f"  cold dvc repro {i + 1}/{repeats} in {repo}", flush=True)
@@ -175,17 +166,20 @@ def cold(work: Path, repeats: int) -> tuple[Path, dict[str, Any], list[tuple[str
         times.append(seconds)
         if i < repeats - 1:
             shutil.rmtree(repo, ignore_errors=True)
-    return repo, spread(times), stages
+    return spread(times), stages
 
 
-def noop(repo: Path, repeats: int) -> dict[str, Any]:
+def timed(repo: Path, cmd: list[str], repeats: int) -> dict[str, Any]:
+    """Wall time of ``cmd`` run ``repeats`` times in ``repo``, which must run no DVC stage."""
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        done = run(["dvc", "repro"], repo)
+        done = run(cmd, repo)
         times.append(time.perf_counter() - started)
         if STAGE_LINE.search(done.stdout):
-            raise RuntimeError(f"`dvc repro` with nothing changed ran a stage:\n{done.stdout}")
+            raise RuntimeError(
+                f"`{' '.join(cmd)}` with nothing changed ran a stage:\n{done.stdout}"
+            )
     return spread(times)
 
 
@@ -203,10 +197,21 @@ def bare_keras(repo: Path, name: str, params: str, *options: str) -> dict[str, A
     return json.loads(run([*cmd, *options], repo).stdout.splitlines()[-1])
 
 
-def seeds_loop(repo: Path, runs: list[str], seeds: list[int]) -> dict[str, Any]:
+def pipeline_run(repo: Path, name: str, params: str) -> tuple[dict[str, Any], float]:
+    """The train and evaluate stages of run ``name``: train's run.json, and when train started."""
+    stage = [sys.executable, "-m", "deepfit.stages.train", "--run", name, "--params", params]
+    started = time.time()
+    run(stage, repo)
+    summary = json.loads((repo / "models" / name / "run.json").read_text())
+    stage[2] = "deepfit.stages.evaluate"
+    run(stage, repo)
+    return summary, started
+
+
+def seeds_loop(repo: Path, runs: list[str], seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
     """For each seed and run, interleaved: the bare Keras script (the run's compile settings, and
     Keras' defaults), then the pipeline's train and evaluate stages with that seed."""
-    out: dict[str, Any] = {name: [] for name in runs}
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
     for seed in seeds:
         params = seed_params(repo, seed)
         for name in runs:
@@ -216,46 +221,33 @@ def seeds_loop(repo: Path, runs: list[str], seeds: list[int]) -> dict[str, Any]:
             )
             bare = bare_keras(repo, name, params)
             plain = bare_keras(repo, name, params, "--keras-defaults")
-            started = time.time()
-            run(
-                [sys.executable, "-m", "deepfit.stages.train", "--run", name, "--params", params],
-                repo,
-            )
-            summary = json.loads((repo / "models" / name / "run.json").read_text())
-            run(
-                [
-                    sys.executable,
-                    "-m",
-                    "deepfit.stages.evaluate",
-                    "--run",
-                    name,
-                    "--params",
-                    params,
-                ],
-                repo,
-            )
-            timeline = summary["timeline"]
-            out[name].append(
-                {
-                    "seed": seed,
-                    "bare": bare,
-                    "bare_keras_defaults": plain,
-                    "pipeline": {
-                        "seconds": summary["seconds"],
-                        "epochs": summary["epochs"],
-                        "samples": bare["samples"],
-                    },
-                    "startup": {
-                        "to_ready": timeline["ready"] - started,
-                        "tracking": timeline["tracking"] - timeline["ready"],
-                        "to_first_step": timeline["first_step"] - timeline["tracking"],
-                        "total": timeline["first_step"] - started,
-                    },
-                    "test_accuracy": metrics(repo, name)["test"]["accuracy"],
-                    "svm_accuracy": metrics(repo, name)["baseline"]["svm"]["accuracy"],
-                }
-            )
+            summary, started = pipeline_run(repo, name, params)
+            record = seed_record(repo / "reports", name, summary, started, bare["samples"])
+            out[name].append({"seed": seed, "bare": bare, "bare_keras_defaults": plain, **record})
     return out
+
+
+def seed_record(
+    reports: Path, name: str, summary: dict[str, Any], started: float, samples: int
+) -> dict[str, Any]:
+    """One pipeline run of the seeds loop: fit time, start-up phases, test and SVM accuracy."""
+    timeline = summary["timeline"]
+    return {
+        "pipeline": {
+            "seconds": summary["seconds"],
+            "epochs": summary["epochs"],
+            "samples": samples,
+            "mlflow_epoch_logging_seconds": summary["mlflow_epoch_logging_seconds"],
+        },
+        "startup": {
+            "to_ready": timeline["ready"] - started,
+            "tracking": timeline["tracking"] - timeline["ready"],
+            "to_first_step": timeline["first_step"] - timeline["tracking"],
+            "total": timeline["first_step"] - started,
+        },
+        "test_accuracy": report(reports, "metrics", name)["test"]["accuracy"],
+        "svm_accuracy": report(reports, "evidence", name)["baselines"]["svm"]["accuracy"],
+    }
 
 
 def throughput(result: dict[str, Any]) -> float:
@@ -281,6 +273,299 @@ def changed_stages(repo: Path, run_name: str) -> tuple[list[str], list[str]]:
     finally:
         (repo / "params.yaml").write_text(original)
     return [name for name, _ in stages], [f"train@{run_name}", f"evaluate@{run_name}", "report"]
+
+
+# --- target groups: each measures its rows (and detail tables) ----------------------------------
+
+Rows = list[dict[str, Any]]
+Details = dict[str, str]
+
+
+@dataclass
+class Bench:
+    """What the groups share: the options, the temporary folder, and the seeds loop's results
+    (run once, by the first group that needs them)."""
+
+    work: Path
+    repeats: int
+    cold_repeats: int
+    seeds: list[int]
+    _seed_runs: dict[str, Rows] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def repo(self) -> Path:
+        """The last cold copy, kept: every group after `cold_rows` works in it."""
+        return self.work / f"cold{self.cold_repeats - 1}"
+
+    @property
+    def cold_reports(self) -> Path:
+        """The cold run's reports/, copied before anything reruns a stage."""
+        return self.work / "cold-reports"
+
+    def seed_runs(self) -> dict[str, Rows]:
+        """Per run (fnn, cnn), one record per seed: bare Keras and the pipeline, interleaved."""
+        if not self._seed_runs:
+            self._seed_runs = seeds_loop(self.repo, ["fnn", "cnn"], self.seeds)
+        return self._seed_runs
+
+
+def cold_rows(bench: Bench) -> tuple[Rows, Details]:
+    """P5: cold `dvc repro`; keeps a copy of its reports for the quality rows."""
+    times, stages = cold(bench.work, bench.cold_repeats)
+    shutil.copytree(bench.repo / "reports", bench.cold_reports)
+    what = "cold `dvc repro` of the default pipeline"
+    p5 = row("P5", what, "<= 180 s", times, times["median"] <= 180, "s")
+    title = "P5: where the cold `dvc repro` spends its time (last repeat)"
+    body = markdown_table(["stage", "seconds"], "ll", [[n, f"{s:.1f}"] for n, s in stages])
+    return [p5], {title: body}
+
+
+def quick_rows(bench: Bench) -> tuple[Rows, Details]:
+    """L1, L2: lazy imports of the CLI; P3: `dvc repro` with nothing changed."""
+    rows = []
+    for rid, what, cmd, limit in (
+        ("L1", "`deepfit --help`", ["deepfit", "--help"], 0.5),
+        ("L2", "`deepfit validate` (params.yaml checked)", ["deepfit", "validate"], 0.5),
+        ("P3", "`dvc repro` with nothing changed", ["dvc", "repro"], 0.6),
+    ):
+        s = timed(bench.repo, cmd, bench.repeats + 2)
+        rows.append(row(rid, what, f"<= {limit} s", s, s["median"] <= limit, "s"))
+    return rows, {}
+
+
+def quality_rows(bench: Bench) -> tuple[Rows, Details]:
+    """Q3, Q4, Q5: from the cold run's outputs."""
+    lstm = report(bench.cold_reports, "metrics", "lstm")["test"]["rmse"]
+    ar = report(bench.cold_reports, "evidence", "lstm")["baselines"]["ar"]["rmse"]
+    q3 = row("Q3", "LSTM sunspots test RMSE / AR baseline RMSE", "<= 1", lstm / ar, lstm / ar <= 1)
+    q3.update(lstm_rmse=lstm, ar_rmse=ar)
+
+    length = yaml.safe_load((bench.repo / "params.yaml").read_text())["datasets"]["adding"][
+        "length"
+    ]
+    lstm_mse = report(bench.cold_reports, "metrics", "lstm_adding")["test"]["mse"]
+    rnn_mse = report(bench.cold_reports, "metrics", "rnn_adding")["test"]["mse"]
+    q4 = row(
+        "Q4",
+        f"adding problem, length {length}: LSTM / SimpleRNN test MSE",
+        "LSTM < 0.01, RNN >= 0.1",
+        f"{lstm_mse:.4g} / {rnn_mse:.3g}",
+        lstm_mse < 0.01 and rnn_mse >= 0.1,
+    )
+
+    gan = report(bench.cold_reports, "metrics", "gan")["test"]
+    fid, covered = gan["fid"], gan["classes_covered"]
+    q5 = row(
+        "Q5",
+        "GAN Fréchet distance; classes covered",
+        "<= 20; 10 of 10",
+        f"{fid:.3g}; {covered} of 10",
+        fid <= 20 and covered == 10,
+    )
+    return [q3, q4, q5], {}
+
+
+def changed_rows(bench: Bench) -> tuple[Rows, Details]:
+    """P4: one run's params changed -> exactly its stages and the report rerun."""
+    ran, expected = changed_stages(bench.repo, "fnn")
+    p4 = row(
+        "P4",
+        "`runs.fnn.dropout` changed → stages `dvc repro` runs",
+        ", ".join(expected),
+        ", ".join(ran),
+        sorted(ran) == sorted(expected),
+    )
+    return [p4], {}
+
+
+def speed_rows(bench: Bench) -> tuple[Rows, Details]:
+    """P1, P1b: pipeline / bare Keras throughput; P2: train stage start-up; per seed."""
+    results = [(name, r) for name, runs in bench.seed_runs().items() for r in runs]
+    ratios = [throughput(r["pipeline"]) / throughput(r["bare"]) for _, r in results]
+    plain = [throughput(r["pipeline"]) / throughput(r["bare_keras_defaults"]) for _, r in results]
+    p1 = spread(ratios)
+    total = spread([r["startup"]["total"] for _, r in results])
+    rows = [
+        row(
+            "P1",
+            "training throughput, pipeline / bare Keras script (same compile settings)",
+            ">= 0.97×",
+            p1,
+            p1["median"] >= 0.97,
+            "×",
+        ),
+        row(
+            "P1b",
+            "the same, vs a bare script with Keras' defaults (NumPy arrays, one step per call)",
+            "(context)",
+            spread(plain),
+            None,
+            "×",
+        ),
+        row(
+            "P2",
+            "train stage start → first training step done",
+            "<= 4 s",
+            total,
+            total["median"] <= 4,
+            "s",
+        ),
+    ]
+    details = {
+        "P1, Q1, Q2, M1: per run and seed (fit seconds / epochs)": per_seed_table(results),
+        "P2: start-up of the train stage (medians over runs and seeds)": startup_table(
+            [r["startup"] for _, r in results]
+        ),
+    }
+    return rows, details
+
+
+def per_seed_table(results: list[tuple[str, dict[str, Any]]]) -> str:
+    header = [
+        "run",
+        "seed",
+        "bare Keras",
+        "bare, Keras defaults",
+        "pipeline",
+        "throughput ratio",
+        "vs Keras defaults",
+        "test accuracy",
+        "MLflow per-epoch logging",
+    ]
+    lines = []
+    for name, r in results:
+        fit = r["pipeline"]
+        lines.append(
+            [
+                name,
+                r["seed"],
+                f"{r['bare']['seconds']:.2f} s / {r['bare']['epochs']}",
+                f"{r['bare_keras_defaults']['seconds']:.2f} s",
+                f"{fit['seconds']:.2f} s / {fit['epochs']}",
+                f"{throughput(fit) / throughput(r['bare']):.3f}",
+                f"{throughput(fit) / throughput(r['bare_keras_defaults']):.2f}",
+                f"{r['test_accuracy']:.4f}",
+                f"{fit['mlflow_epoch_logging_seconds']:.3f} s",
+            ]
+        )
+    return markdown_table(header, "l" * len(header), lines)
+
+
+def startup_table(startups: list[dict[str, float]]) -> str:
+    phases = [
+        ("process start → params valid, data loaded, TensorFlow imported", "to_ready"),
+        ("model built and compiled, MLflow imported, run opened", "tracking"),
+        ("fit set up, first step traced and run", "to_first_step"),
+    ]
+    lines = [[what, f"{statistics.median(s[key] for s in startups):.2f}"] for what, key in phases]
+    return markdown_table(["phase", "seconds"], "ll", lines)
+
+
+def accuracy_rows(bench: Bench) -> tuple[Rows, Details]:
+    """Q1, Q2: FNN and CNN digits test accuracy, mean over the training seeds."""
+    cold_accuracy = {
+        name: report(bench.cold_reports, "metrics", name)["test"]["accuracy"]
+        for name in ("fnn", "cnn")
+    }
+    rows = []
+    for rid, name, floor in (("Q1", "fnn", 0.980), ("Q2", "cnn", 0.990)):
+        runs = bench.seed_runs()[name]
+        accs = [r["test_accuracy"] for r in runs]
+        svm = runs[0]["svm_accuracy"]
+        mean = statistics.fmean(accs)
+        target = f">= {floor:.3f}" + (f" and >= SVM {svm:.4f}" if name == "cnn" else "")
+        seeds = ",".join(str(s) for s in bench.seeds)
+        rows.append(
+            row(
+                rid,
+                f"{name.upper()} digits test accuracy, mean of seeds {seeds}",
+                target,
+                f"{mean:.4f} (seeds: " + ", ".join(f"{a:.4f}" for a in accs) + ")",
+                mean >= floor and (name != "cnn" or mean >= svm),
+                "",
+                per_seed=accs,
+                cold_repro_seed7=cold_accuracy[name],
+            )
+        )
+    return rows, {}
+
+
+def logging_rows(bench: Bench) -> tuple[Rows, Details]:
+    """M1: the `cnn` fit's time in MLflow's asynchronous per-epoch logging and final flush."""
+    fits = [r["pipeline"] for r in bench.seed_runs()["cnn"]]
+    share = spread([100 * f["mlflow_epoch_logging_seconds"] / f["seconds"] for f in fits])
+    what = "MLflow per-epoch logging, share of `cnn` fit time"
+    return [row("M1", what, "<= 1 %", share, share["median"] <= 1, "%")], {}
+
+
+def flops_rows(bench: Bench) -> tuple[Rows, Details]:
+    """P6: CNN training step FLOP rate / measured fp32 GEMM peak (benchmarks/flops.py)."""
+    rate = flops(bench.repo)
+    share = rate["cnn"]["fraction_of_peak"]
+    shared = rate.get("machine_shared", False)  # other load depresses the GEMM peak
+    p6 = row(
+        "P6",
+        "CNN training step FLOP rate / fp32 GEMM peak, batch 512",
+        ">= 40 %",
+        f"{share:.0%} ({rate['cnn']['gflops']:.0f} of {rate['gemm']['gflops']:.0f} GFLOP/s)"
+        + (" — other processes were busy: not a valid measurement" if shared else ""),
+        share >= 0.40 and not shared,
+        detail=rate,
+    )
+    return [p6], {}
+
+
+@dataclass(frozen=True)
+class Group:
+    ids: tuple[str, ...]  # the rows it measures: listed as not measured if it never ran
+    measure: Callable[[Bench], tuple[Rows, Details]]
+
+
+# In the order they run: cold first (the others work in its copy), and the cold run's outputs are
+# read from a copy, so groups that rerun stages (P4, the seeds loop) may come in any order.
+GROUPS = (
+    Group(("P5",), cold_rows),
+    Group(("L1", "L2", "P3"), quick_rows),
+    Group(("Q3", "Q4", "Q5"), quality_rows),
+    Group(("P4",), changed_rows),
+    Group(("P1", "P1b", "P2"), speed_rows),
+    Group(("Q1", "Q2"), accuracy_rows),
+    Group(("M1",), logging_rows),
+    Group(("P6",), flops_rows),
+)
+
+
+def measure(bench: Bench, groups: Sequence[Group] = GROUPS) -> tuple[Rows, Details]:
+    """Every group's rows and details, in turn; on a failure, what was measured and the error."""
+    rows: Rows = []
+    details: Details = {}
+    try:
+        for group in groups:
+            print(f"{', '.join(group.ids)}: {group.measure.__name__}", flush=True)
+            found, more = group.measure(bench)
+            rows += found
+            details.update(more)
+    except Exception as exc:  # keep what was measured; say what failed
+        error = f"{type(exc).__name__}: {exc}"
+        details["The benchmark stopped early"] = f"```\n{error[-3000:]}\n```"
+        print(error, file=sys.stderr)
+    return rows, details
+
+
+def row_order(rid: str) -> tuple[str, int, str]:
+    """Report order: by letter, then number (P1, P1b, P2, ..., P10)."""
+    found = re.fullmatch(r"([A-Z]+)(\d+)(.*)", rid)
+    if found is None:
+        raise ValueError(f"row id {rid!r} is not a letter and a number (P1, P1b)")
+    return found[1], int(found[2]), found[3]
+
+
+def complete(rows: Rows, groups: Sequence[Group] = GROUPS) -> Rows:
+    """``rows`` in report order, with a failing row for each one never measured."""
+    found = {r["id"] for r in rows}
+    gone = "not measured: the benchmark stopped early"
+    missing = [row(rid, gone, "", "", False) for g in groups for rid in g.ids if rid not in found]
+    return sorted(rows + missing, key=lambda r: row_order(r["id"]))
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -350,269 +635,57 @@ def markdown(result: dict[str, Any]) -> str:
         "Each figure: median (min–max, n = repeats). Ratios compare measurements interleaved in "
         "this run.",
         "",
-        "| id | measure | target | measured | status |",
-        "|---|---|---|---|---|",
+        markdown_table(
+            ["id", "measure", "target", "measured", "status"],
+            "lllll",
+            [
+                [r["id"], r["measure"], r["target"], fmt(r["value"], r["unit"]), status(r["met"])]
+                for r in result["rows"]
+            ],
+        ).rstrip("\n"),
     ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['id']} | {r['measure']} | {r['target']} | {fmt(r['value'], r['unit'])} "
-            f"| {status(r['met'])} |"
-        )
     for title, body in result["details"].items():
-        lines += ["", f"## {title}", "", body]
+        lines += ["", f"## {title}", "", body.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
+def write_report(result: dict[str, Any], out: Path) -> str:
+    """``out``.json (everything measured) and ``out``.md (the tables); returns the markdown."""
+    text = markdown(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out.with_suffix(".md").write_text(text)
+    return text
 
 
 # --- main ---------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--repeats", type=int, default=3, help="repeats of quick measurements")
     cli.add_argument("--cold-repeats", type=int, default=2, help="cold `dvc repro` repeats")
-    cli.add_argument("--seeds", default="7,8,9", help="training seeds for P1, P2, Q1, Q2")
+    cli.add_argument("--seeds", default="7,8,9", help="training seeds for P1, P2, Q1, Q2, M1")
     cli.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     cli.add_argument("--keep", action="store_true", help="keep the temporary repositories")
-    args = cli.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    return cli.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     started = time.perf_counter()
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="deepfit-bench-"))
-    rows: list[dict[str, Any]] = []
-    details: dict[str, str] = {}
+    seeds = [int(s) for s in args.seeds.split(",")]
     try:
-        print("P5: cold dvc repro", flush=True)
-        repo, cold_times, stages = cold(work, args.cold_repeats)
-        rows.append(
-            row(
-                "P5",
-                "cold `dvc repro` of the default pipeline",
-                "<= 180 s",
-                cold_times,
-                cold_times["median"] <= 180,
-                "s",
-            )
-        )
-        details["P5: where the cold `dvc repro` spends its time (last repeat)"] = table(
-            ["stage", "seconds"], [[name, f"{s:.1f}"] for name, s in stages]
-        )
-        print("L1, L2, P3: quick commands", flush=True)
-        rows[:0] = lazy_imports(repo, args.repeats + 2)
-        noop_times = noop(repo, args.repeats + 2)
-        rows.append(
-            row(
-                "P3",
-                "`dvc repro` with nothing changed",
-                "<= 0.6 s",
-                noop_times,
-                noop_times["median"] <= 0.6,
-                "s",
-            )
-        )
-
-        # From the cold run, before anything below touches its outputs.
-        cold_accuracy = {name: metrics(repo, name)["test"]["accuracy"] for name in ("fnn", "cnn")}
-        lstm = metrics(repo, "lstm")
-        q3 = lstm["test"]["rmse"] / lstm["baseline"]["ar"]["rmse"]
-        rows.append(
-            row(
-                "Q3",
-                "LSTM sunspots test RMSE / AR baseline RMSE",
-                "<= 1",
-                q3,
-                q3 <= 1,
-                "",
-                lstm_rmse=lstm["test"]["rmse"],
-                ar_rmse=lstm["baseline"]["ar"]["rmse"],
-            )
-        )
-        length = yaml.safe_load((repo / "params.yaml").read_text())["datasets"]["adding"]["length"]
-        lstm_mse = metrics(repo, "lstm_adding")["test"]["mse"]
-        rnn_mse = metrics(repo, "rnn_adding")["test"]["mse"]
-        rows.append(
-            row(
-                "Q4",
-                f"adding problem, length {length}: LSTM / SimpleRNN test MSE",
-                "LSTM < 0.01, RNN >= 0.1",
-                f"{lstm_mse:.4g} / {rnn_mse:.3g}",
-                lstm_mse < 0.01 and rnn_mse >= 0.1,
-            )
-        )
-        gan = metrics(repo, "gan")
-        fid, covered = gan["test"]["fid"], gan["test"]["classes_covered"]
-        rows.append(
-            row(
-                "Q5",
-                "GAN Fréchet distance; classes covered",
-                "<= 20; 10 of 10",
-                f"{fid:.3g}; {covered} of 10",
-                fid <= 20 and covered == 10,
-            )
-        )
-
-        print("P4: one run's params changed", flush=True)
-        ran, expected = changed_stages(repo, "fnn")
-        rows.append(
-            row(
-                "P4",
-                "`runs.fnn.dropout` changed → stages `dvc repro` runs",
-                ", ".join(expected),
-                ", ".join(ran),
-                sorted(ran) == sorted(expected),
-            )
-        )
-
-        print("P1, P2, Q1, Q2: seeds", flush=True)
-        loop = seeds_loop(repo, ["fnn", "cnn"], seeds)
-        ratios, plain_ratios, startups = [], [], []
-        detail_rows = []
-        for name, results in loop.items():
-            for r in results:
-                ratio = throughput(r["pipeline"]) / throughput(r["bare"])
-                plain = throughput(r["pipeline"]) / throughput(r["bare_keras_defaults"])
-                ratios.append(ratio)
-                plain_ratios.append(plain)
-                startups.append(r["startup"])
-                detail_rows.append(
-                    [
-                        name,
-                        r["seed"],
-                        f"{r['bare']['seconds']:.2f} s / {r['bare']['epochs']}",
-                        f"{r['bare_keras_defaults']['seconds']:.2f} s",
-                        f"{r['pipeline']['seconds']:.2f} s / {r['pipeline']['epochs']}",
-                        f"{ratio:.3f}",
-                        f"{plain:.2f}",
-                        f"{r['test_accuracy']:.4f}",
-                    ]
-                )
-        p1 = spread(ratios)
-        rows.append(
-            row(
-                "P1",
-                "training throughput, pipeline / bare Keras script (same compile settings)",
-                ">= 0.97×",
-                p1,
-                p1["median"] >= 0.97,
-                "×",
-            )
-        )
-        rows.append(
-            row(
-                "P1b",
-                "the same, vs a bare script with Keras' defaults (NumPy arrays, one step per call)",
-                "(context)",
-                spread(plain_ratios),
-                None,
-                "×",
-            )
-        )
-        total = spread([s["total"] for s in startups])
-        rows.append(
-            row(
-                "P2",
-                "train stage start → first training step done",
-                "<= 4 s",
-                total,
-                total["median"] <= 4,
-                "s",
-            )
-        )
-        details["P1, Q1, Q2: per run and seed (fit seconds / epochs)"] = table(
-            [
-                "run",
-                "seed",
-                "bare Keras",
-                "bare, Keras defaults",
-                "pipeline",
-                "throughput ratio",
-                "vs Keras defaults",
-                "test accuracy",
-            ],
-            detail_rows,
-        )
-        details["P2: start-up of the train stage (medians over runs and seeds)"] = table(
-            ["phase", "seconds"],
-            [
-                [
-                    "process start → params valid, data loaded, TensorFlow imported",
-                    f"{statistics.median(s['to_ready'] for s in startups):.2f}",
-                ],
-                [
-                    "model built and compiled, MLflow imported, run opened",
-                    f"{statistics.median(s['tracking'] for s in startups):.2f}",
-                ],
-                [
-                    "fit set up, first step traced and run",
-                    f"{statistics.median(s['to_first_step'] for s in startups):.2f}",
-                ],
-            ],
-        )
-        for rid, name, floor in (("Q1", "fnn", 0.980), ("Q2", "cnn", 0.990)):
-            accs = [r["test_accuracy"] for r in loop[name]]
-            svm = loop[name][0]["svm_accuracy"]
-            mean = statistics.fmean(accs)
-            target = f">= {floor:.3f}" + (f" and >= SVM {svm:.4f}" if name == "cnn" else "")
-            met = mean >= floor and (name != "cnn" or mean >= svm)
-            rows.append(
-                row(
-                    rid,
-                    f"{name.upper()} digits test accuracy, mean of seeds {args.seeds}",
-                    target,
-                    f"{mean:.4f} (seeds: " + ", ".join(f"{a:.4f}" for a in accs) + ")",
-                    met,
-                    "",
-                    per_seed=accs,
-                    cold_repro_seed7=cold_accuracy[name],
-                )
-            )
-
-        print("P6: FLOP rate", flush=True)
-        rate = flops(repo)
-        share = rate["cnn"]["fraction_of_peak"]
-        shared = rate.get("machine_shared", False)  # other load depresses the GEMM peak
-        rows.append(
-            row(
-                "P6",
-                "CNN training step FLOP rate / fp32 GEMM peak, batch 512",
-                ">= 40 %",
-                f"{share:.0%} ({rate['cnn']['gflops']:.0f} of {rate['gemm']['gflops']:.0f} "
-                "GFLOP/s)"
-                + (" — other processes were busy: not a valid measurement" if shared else ""),
-                share >= 0.40 and not shared,
-                detail=rate,
-            )
-        )
-
-    except Exception as exc:  # keep what was measured; say what failed
-        error = f"{type(exc).__name__}: {exc}"
-        details["The benchmark stopped early"] = f"```\n{error[-3000:]}\n```"
-        print(error, file=sys.stderr)
+        rows, details = measure(Bench(work, args.repeats, args.cold_repeats, seeds))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-
-    order = ["L1", "L2", "P1", "P1b", "P2", "P3", "P4", "P5", "P6", "Q1", "Q2", "Q3", "Q4", "Q5"]
-    rows.sort(key=lambda r: order.index(r["id"]))
-    missing = [rid for rid in order if rid not in {r["id"] for r in rows}]
-    gone = "not measured: the benchmark stopped early"
-    rows += [row(rid, gone, "", "", False) for rid in missing]
-    result = {
-        "machine": info,
-        "seconds": time.perf_counter() - started,
-        "rows": rows,
-        "details": details,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    rows = complete(rows)
+    seconds = time.perf_counter() - started
+    result = {"machine": info, "seconds": seconds, "rows": rows, "details": details}
+    print(write_report(result, args.out))
     return 0 if all(r["met"] is not False for r in rows) else 1
 
 

@@ -1,12 +1,16 @@
-"""The ``deepfit`` command: check params.yaml, list what the pipeline will run, compare runs."""
+"""The ``deepfit`` command: check params.yaml, list what the pipeline will run, compare runs,
+judge the fit of a training history."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
-from deepfit.config import ConfigError, load_params
+from deepfit.config import ConfigError, FitConfig, load_params
 
 COMPARE_HELP = """\
 One table over the MLflow runs of the workspace and of DVC experiments: key test metric beside
@@ -25,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = cli.add_subparsers(dest="command", required=True)
     commands.add_parser("validate", help="validate params.yaml and list datasets and runs")
     _add_compare(commands)
+    _add_diagnose(commands)
     args = cli.parse_args(argv)
     if args.command == "compare":
         return _compare(args)
+    if args.command == "diagnose":
+        return _diagnose(args)
     return _validate(args)
 
 
@@ -158,6 +165,94 @@ def _footer(n_runs: int, shown: int, failed: int, experiment: str, uri: str, lis
     if failed and not listing:
         text += f"; {failed} failed or killed: deepfit compare --failed"
     return text
+
+
+DIAGNOSE_HELP = """\
+Judge a training history: diverged, overfit, underfit or good, with the numbers that decided
+it (rules: README, "Reading the fit"; thresholds: fit: in --params when that file exists).
+PATH is a Keras CSVLogger file (epoch,loss,val_loss,...) or a history JSON ({"loss": [...]}).
+Skill rules need the constant predictor's loss: --classes N (ln N, a uniform guess over N
+classes) or --reference-loss X; without either only the curves are judged.
+Exit status: 0 with a verdict, 2 on an error."""
+
+
+def _add_diagnose(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "diagnose",
+        help="judge the fit of a Keras CSVLogger file or history JSON",
+        description=DIAGNOSE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Usage mistakes are one line on stderr, like every other diagnose error.
+    cmd.error = lambda message: _diagnose_error(message)  # type: ignore[method-assign]
+    cmd.add_argument("path", type=Path, metavar="PATH", help="CSVLogger file or history JSON")
+    reference = cmd.add_mutually_exclusive_group()
+    reference.add_argument(
+        "--classes", type=int, metavar="N", help="classification with N classes: reference ln N"
+    )
+    reference.add_argument(
+        "--reference-loss", type=float, metavar="X", help="the constant predictor's loss"
+    )
+    cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    cmd.add_argument("--figure", type=Path, metavar="PNG", help="write the learning curves")
+
+
+def _diagnose_error(message: str) -> NoReturn:
+    print(f"deepfit diagnose: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    # numpy and matplotlib load only here, so --help and validate stay fast.
+    from deepfit import diagnosis
+
+    if args.classes is not None and args.classes < 2:
+        _diagnose_error(f"--classes: expected at least 2 classes, not {args.classes}")
+    if args.reference_loss is not None and not args.reference_loss > 0:
+        _diagnose_error(f"--reference-loss: expected a positive loss, not {args.reference_loss}")
+    reference = None
+    if args.classes is not None:
+        reference = (math.log(args.classes),) * 2
+    elif args.reference_loss is not None:
+        reference = (args.reference_loss,) * 2
+    try:
+        fit_cfg = load_params(args.params).fit if Path(args.params).exists() else FitConfig()
+        history = diagnosis.read_history(args.path)
+        generative = "loss" not in history
+        fit = diagnosis.diagnose(history, fit_cfg, reference, generative, _metric(history))
+    except (ConfigError, ValueError) as exc:
+        _diagnose_error(str(exc))
+    if args.json:
+        print(json.dumps({k: _finite_or_none(v) for k, v in fit.items()}))
+    else:
+        print(f"{args.path}: {fit['verdict']}")
+        print(f"reasons: {fit['reasons']}")
+        for key, value in fit.items():
+            if key not in ("verdict", "reasons"):
+                print(f"  {key}: {_number(value)}")
+    if args.figure:
+        from deepfit import figures
+
+        try:
+            written = figures.run_curves_png(history, args.figure, args.path.stem)
+        except OSError as exc:
+            _diagnose_error(f"{args.figure}: cannot write the figure ({exc.strerror})")
+        print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _metric(history: dict[str, list[float]]) -> str | None:
+    return next((m for m in ("accuracy", "mae") if m in history and f"val_{m}" in history), None)
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

@@ -112,10 +112,20 @@ class FitConfig(_Strict):
 
     underfit_skill: float = Field(0.5, ge=0, le=1)
     overfit_gap: float = Field(0.1, gt=0, le=1)
-    overfit_rise: float = Field(0.1, gt=0)
+    smoothing: int = Field(5, ge=1, le=51)
+    noise_multiple: float = Field(3.0, gt=0)
+    min_rise_epochs: int = Field(3, ge=1)
+    overfit_rise_skill: float = Field(0.002, gt=0, le=1)
     diverged_rise: float = Field(0.5, gt=0)
     vanishing_ratio: float = Field(0.01, gt=0, lt=1)
     exploding_norm: float = Field(1000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _odd_window(self) -> FitConfig:
+        # A centred median needs a middle epoch.
+        if self.smoothing % 2 == 0:
+            raise ValueError(f"smoothing must be an odd number of epochs, not {self.smoothing}")
+        return self
 
 
 StudyKind = Literal["capacity", "regularisation", "activation"]
