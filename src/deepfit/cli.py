@@ -204,7 +204,7 @@ def _diagnose_error(message: str) -> NoReturn:
 
 def _diagnose(args: argparse.Namespace) -> int:
     # numpy and matplotlib load only here, so --help and validate stay fast.
-    from deepfit import diagnosis
+    from deepfit.evaluate import diagnosis
 
     if args.classes is not None and args.classes < 2:
         _diagnose_error(f"--classes: expected at least 2 classes, not {args.classes}")
