@@ -240,19 +240,44 @@ def cnn_step_rate(
     ``peak_gflops``, ``fraction_of_peak``, the options used, ``steps_timed`` and
     ``other_load_cores`` (during the timed epochs).
     """
+    if deterministic:
+        from deepfit.stages._cli import deterministic_ops
+
+        deterministic_ops()
+    if peak_gflops is None:
+        peak_gflops = gemm_peak(repeats)["gflops"]
+    model, train, filters = pipeline_cnn(params_path, filters, jit_compile, steps_per_execution)
+    timing = _time_steps(model, train, batch, repeats)
+    flops = cnn_step_flops(model, batch)
+    return {
+        "batch": batch,
+        "filters": filters,
+        "flops_per_step": flops,
+        **timing,
+        "gflops": flops / timing["seconds_per_step"] / 1e9,
+        "peak_gflops": peak_gflops,
+        "fraction_of_peak": flops / timing["seconds_per_step"] / 1e9 / peak_gflops,
+        "deterministic": deterministic,
+        "jit_compile": bool(model.jit_compile),
+        "steps_per_execution": model.steps_per_execution,
+    }
+
+
+def pipeline_cnn(
+    params_path: str | Path,
+    filters: Sequence[int] | None = None,
+    jit_compile: bool = False,
+    steps_per_execution: int | None = None,
+) -> tuple[keras.Model, tuple[Any, Any], list[int]]:
+    """The ``runs.cnn`` model built and compiled as the train stage does (train seed, spec,
+    ``compile_model``), its prepared training split and its conv filters."""
     import keras
-    import numpy as np
 
     from deepfit.config import load_params
     from deepfit.data import load_prepared
     from deepfit.models import get_spec
-    from deepfit.stages._cli import deterministic_ops
     from deepfit.train.loop import compile_model
 
-    if deterministic:
-        deterministic_ops()
-    if peak_gflops is None:
-        peak_gflops = gemm_peak(repeats)["gflops"]
     params = load_params(params_path)
     run = params.run("cnn")
     arch = run.arch if filters is None else run.arch.model_copy(update={"filters": list(filters)})
@@ -265,32 +290,29 @@ def cnn_step_rate(
     model.jit_compile = jit_compile
     if steps_per_execution is not None:
         model.steps_per_execution = steps_per_execution
+    return model, data.train, list(arch.filters)
+
+
+def _time_steps(
+    model: keras.Model, train: tuple[Any, Any], batch: int, repeats: int
+) -> dict[str, Any]:
+    """Seconds per training step of ``model.fit`` on ``train`` cycled to ``STEPS_PER_REPEAT``
+    batches: one warm-up epoch (tracing), then ``repeats`` timed epochs."""
+    import numpy as np
+
     per_call = model.steps_per_execution
     if STEPS_PER_REPEAT % per_call or STEPS_PER_REPEAT // per_call < 2:
         raise ValueError(f"steps_per_execution must divide {STEPS_PER_REPEAT // 2}")
-
-    x, y = data.train
+    x, y = train
     pick = np.arange(batch * STEPS_PER_REPEAT) % len(x)
     timer = _step_timer(per_call)
     model.fit(x[pick], y[pick], batch_size=batch, epochs=1, verbose=0)  # warm-up: tracing
     load = OtherLoad()
     model.fit(x[pick], y[pick], batch_size=batch, epochs=repeats, verbose=0, callbacks=[timer])
-
-    flops = cnn_step_flops(model, batch)
-    median = statistics.median(timer.seconds_per_step)
     return {
-        "batch": batch,
-        "filters": list(arch.filters),
-        "flops_per_step": flops,
-        "seconds_per_step": median,
+        "seconds_per_step": statistics.median(timer.seconds_per_step),
         "seconds_per_step_min": min(timer.seconds_per_step),
         "seconds_per_step_max": max(timer.seconds_per_step),
-        "gflops": flops / median / 1e9,
-        "peak_gflops": peak_gflops,
-        "fraction_of_peak": flops / median / 1e9 / peak_gflops,
-        "deterministic": deterministic,
-        "jit_compile": bool(model.jit_compile),
-        "steps_per_execution": per_call,
         "steps_timed": repeats * (STEPS_PER_REPEAT - per_call),
         "other_load_cores": load.cores(),
     }
@@ -411,7 +433,7 @@ def table(gemm: dict[str, Any] | None, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     cli.add_argument("--repeats", type=int, default=5, help="timed repeats (default: %(default)s)")
@@ -424,8 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--jit-compile", action="store_true")
     cli.add_argument("--steps-per-execution", type=int, help="instead of the run's")
     cli.add_argument("--filters", type=lambda s: [int(f) for f in s.split(",")])
-    args = cli.parse_args(argv)
+    return cli.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     started = time.perf_counter()
     gemm = None if args.peak is not None else gemm_peak(args.repeats)
     peak = args.peak if gemm is None else gemm["gflops"]
@@ -442,9 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"gemm": gemm, "cnn": cnn}
     label = "this configuration" if args.single else "pipeline (deterministic_ops)"
     rows = [{"variant": label, **cnn}]
-    if args.single:
-        print(table(gemm, rows))
-    else:
+    if not args.single:
         variants = [NON_DETERMINISTIC, *(EXPLORE if args.explore else ())]
         rows += [run_variant(v, args, peak) for v in variants]
         result["variants"] = rows[1:]
@@ -454,41 +477,37 @@ def main(argv: list[str] | None = None) -> int:
             gemm is not None and (gemm["other_load_cores"] or 0.0) > SHARED_LOAD_CORES
         )
         result["seconds"] = time.perf_counter() - started
-        print(table(gemm, rows))
-        counted = result["profiler_flops_per_step"]
-        print(
-            f"\nFLOPs/step: analytic {cnn['flops_per_step']:,}; TF profiler (Conv/MatMul ops of "
-            "the traced step, incl. the unused first-layer input gradient): "
-            + (f"{counted:,}" if isinstance(counted, int) else counted)
-        )
-        print(
-            f"P6: {100 * cnn['fraction_of_peak']:.1f}% of the GEMM peak at batch {args.batch} "
-            f"(target >= {100 * TARGET_FRACTION:.0f}%): {'met' if result['met'] else 'NOT met'}"
-            f"; {result['seconds']:.0f} s in all"
-        )
-        if result["machine_shared"]:
-            print(
-                f"WARNING: other processes kept {gemm['other_load_cores']:.2f} cores busy during "
-                "the GEMM measurement, so the all-core peak is understated and the fraction "
-                "overstated; rerun on an idle machine for the P6 figure."
-            )
+    print(table(gemm, rows))
+    if not args.single:
+        print(verdict(result, args.batch))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
+def verdict(result: dict[str, Any], batch: int) -> str:
+    """The FLOP counts, P6's figure against its target and a warning if the machine was shared."""
+    cnn, counted = result["cnn"], result["profiler_flops_per_step"]
+    lines = [
+        f"\nFLOPs/step: analytic {cnn['flops_per_step']:,}; TF profiler (Conv/MatMul ops of "
+        "the traced step, incl. the unused first-layer input gradient): "
+        + (f"{counted:,}" if isinstance(counted, int) else counted),
+        f"P6: {100 * cnn['fraction_of_peak']:.1f}% of the GEMM peak at batch {batch} "
+        f"(target >= {100 * TARGET_FRACTION:.0f}%): {'met' if result['met'] else 'NOT met'}"
+        f"; {result['seconds']:.0f} s in all",
+    ]
+    if result["machine_shared"]:
+        lines.append(
+            f"WARNING: other processes kept {result['gemm']['other_load_cores']:.2f} cores busy "
+            "during the GEMM measurement, so the all-core peak is understated and the fraction "
+            "overstated; rerun on an idle machine for the P6 figure."
+        )
+    return "\n".join(lines)
+
+
 def _profiler_flops(params_path: str, batch: int) -> int | str:
     """``profiler_step_flops`` of the default CNN, or why it could not be counted."""
-    from deepfit.config import load_params
-    from deepfit.data import load_prepared
-    from deepfit.models import get_spec
-    from deepfit.train.loop import compile_model
-
-    params = load_params(params_path)
-    run = params.run("cnn")
-    data = load_prepared(Path("data/prepared") / run.dataset)
-    model = get_spec(run.model).build(run.arch, data.spec)
-    compile_model(model, data.spec, run.train, 1, generative=False)
+    model, _, _ = pipeline_cnn(params_path)
     try:
         return profiler_step_flops(model, batch)
     except Exception as exc:  # a cross-check only: never fail the benchmark over it
