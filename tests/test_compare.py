@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from deepfit import cli, compare
+from deepfit import cli
+from deepfit.evaluate.metrics import key_metric_names
+from deepfit.report import compare
+from helpers import ROOT, stage_env
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "deepfit"
 
 # MLflow run name (<run>@<dvc exp> inside an experiment), model, dataset, key metric value,
@@ -60,7 +60,7 @@ def _log_run(client, experiment_id, spec, start, status="FINISHED", epochs=3):
     metrics.append(Metric("train_seconds", 10.0 + start % 7, start, 0))
     run_tags = []
     if status == "FINISHED":
-        key, base, _ = compare.KEY_METRICS[KINDS[dataset]]
+        key, base, _ = key_metric_names(KINDS[dataset])
         metrics += [Metric(key, value, start, 0), Metric(base, BASELINES[dataset], start, 0)]
         run_tags.append(RunTag("deepfit.evaluation", KINDS[dataset]))
     client.log_batch(
@@ -306,7 +306,7 @@ def test_default_store_and_experiment_come_from_the_repo(store, tmp_path):
     params = (ROOT / "params.yaml").read_text().replace("experiment: deepfit", "experiment: other")
     (repo / "params.yaml").write_text(params)
     shutil.copy(store.removeprefix("sqlite:///"), repo / "mlflow.db")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env = stage_env()
     done = subprocess.run(
         [sys.executable, "-m", "deepfit.cli", "compare"],
         cwd=repo,

@@ -21,8 +21,8 @@ from deepfit.data import (
 )
 from deepfit.data import prepare as prepare_module
 from deepfit.data.io import sha256_file
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ADAPTER: TypeAdapter[DatasetConfig] = TypeAdapter(DatasetConfig)
 SEED = 2024
 

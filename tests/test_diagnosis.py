@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deepfit.config import FitConfig
-from deepfit.diagnosis import (
+from deepfit.evaluate.diagnosis import (
     GAN_REFERENCE_LOSS,
     diagnose,
     gradient_summary,

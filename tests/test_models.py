@@ -208,7 +208,10 @@ def test_validating_configs_does_not_import_keras() -> None:
 
 
 def test_gan_samples_are_images_and_fixed_by_the_seed() -> None:
+    from deepfit.models.gan_network import GAN
+
     gan = build("gan", data_spec("image", "classification"))
+    assert type(gan) is GAN  # the module-level Keras class
     first, again, other = gan.sample(6, seed=5), gan.sample(6, seed=5), gan.sample(6, seed=6)
     assert first.shape == (6, *SHAPES["image"])
     assert ((first >= 0) & (first <= 1)).all()
@@ -224,8 +227,10 @@ def test_saved_gan_loads_in_a_fresh_process(tmp_path: Path) -> None:
         f"""
         import keras, numpy as np
         from deepfit.models import gan
+        from deepfit.models.gan_network import GAN
         model = keras.models.load_model({str(tmp_path / "gan.keras")!r},
                                         custom_objects=gan.custom_objects())
+        assert type(model) is GAN
         expected = np.load({str(tmp_path / "expected.npy")!r})
         np.testing.assert_array_equal(model.sample(3, seed=9), expected)
         """

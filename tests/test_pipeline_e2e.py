@@ -7,102 +7,72 @@ second repro does nothing, and that `dvc exp run -S` reruns only the varied run'
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import (
+    EPOCHS,
+    commit_all,
+    copy_repo,
+    git_repo,
+    mlflow_client,
+    sh,
+    shrunk_params,
+    write_params,
+)
+
 RUNS = ["fnn", "cnn", "rnn", "lstm", "rnn_adding", "lstm_adding", "gan"]
-EPOCHS = 2
 VERDICTS = {"underfit", "good", "overfit", "diverged"}
 
 pytestmark = pytest.mark.slow
-
-
-def _copy_repo(dest: Path) -> None:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for rel in filter(None, listed.split("\0")):
-        if not (ROOT / rel).is_file() or rel.startswith(("reports/", "dvc.lock")):
-            continue  # the copy starts with no outputs, as a fresh clone
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, target)
-
-
-def _shrink(params_path: Path) -> None:
-    params = yaml.safe_load(params_path.read_text())
-    params["train"]["epochs"] = EPOCHS
-    params["scorer"]["epochs"] = EPOCHS
-    params["datasets"]["adding"].update(length=10, train_size=256, val_size=64, test_size=64)
-    for run in params["runs"].values():
-        run.get("train", {}).pop("epochs", None)
-    for study in params.get("studies", {}).values():
-        study["train_size"] = 60
-        study["base"]["train"]["epochs"] = EPOCHS
-        study["variants"] = dict(list(study["variants"].items())[:2])
-        for variant in study["variants"].values():
-            if "units" in variant:
-                variant["units"] = [min(u, 16) for u in variant["units"]]
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def _sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, (
-        f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    )
-    return done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     repo = tmp_path_factory.mktemp("deepfit") / "repo"
     repo.mkdir()
-    _copy_repo(repo)
-    _shrink(repo / "params.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    # `dvc exp run` commits experiments: give git an identity that does not depend on the host
-    for var in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
-        env[var] = "deepfit tests"
-    for var in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
-        env[var] = "tests@deepfit.invalid"
-    for cmd in (
-        ["git", "init", "-q", "-b", "main"],
-        ["git", "config", "user.name", env["GIT_AUTHOR_NAME"]],  # DVC's own git backend reads
-        ["git", "config", "user.email", env["GIT_AUTHOR_EMAIL"]],  # config, not the env vars
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "init"],
-    ):
-        _sh(cmd, repo, env)
-    env["DEEPFIT_E2E_LOG"] = _sh(["dvc", "repro"], repo, env)
+    copy_repo(repo)
+    write_params(repo, shrunk_params())
+    env = git_repo(repo)
+    env["DEEPFIT_E2E_LOG"] = sh(["dvc", "repro"], repo, env)
     return repo, env
+
+
+def _json(root: Path, rel: str) -> dict:
+    return json.loads((root / rel).read_text())
 
 
 def test_every_run_has_metrics_with_baselines(repo):
     root, _ = repo
+    assert sorted(p.name for p in (root / "reports/metrics").iterdir()) == sorted(
+        f"{name}.json" for name in RUNS
+    )  # the DVC metrics only: what differs between executions lives in reports/evidence
     for name in RUNS:
-        metrics = json.loads((root / "reports" / "metrics" / f"{name}.json").read_text())
-        assert metrics["test"] and metrics["baseline"], name
-        assert metrics["train"]["epochs"] == EPOCHS
-    digits = json.loads((root / "reports/metrics/cnn.json").read_text())
+        metrics = _json(root, f"reports/metrics/{name}.json")
+        assert set(metrics) == {"test", "baseline", "fit"}, name
+        assert metrics["test"] and metrics["baseline"]["name"], name
+        evidence = _json(root, f"reports/evidence/{name}.json")
+        assert evidence["train"]["epochs"] == EPOCHS, name
+        baseline = dict(metrics["baseline"])
+        found = evidence["baselines"][baseline.pop("name")]
+        assert len(baseline) == 1 and all(found[k] == v for k, v in baseline.items()), name
+    digits = _json(root, "reports/metrics/cnn.json")
     assert 0.0 <= digits["test"]["accuracy"] <= 1.0
-    assert digits["baseline"]["svm"]["accuracy"] > 0.9  # the SVM baseline is a real one
-    adding = json.loads((root / "reports/metrics/lstm_adding.json").read_text())
-    assert adding["baseline"]["constant"]["mse"] > 0.1
-    gan = json.loads((root / "reports/metrics/gan.json").read_text())
-    assert gan["test"]["fid"] > gan["baseline"]["fid_real_vs_real"] >= 0
+    assert digits["baseline"]["name"] == "svm"
+    assert digits["baseline"]["accuracy"] > 0.9  # the SVM baseline is a real one
+    adding = _json(root, "reports/metrics/lstm_adding.json")
+    assert adding["baseline"]["name"] == "constant" and adding["baseline"]["mse"] > 0.1
+    assert _json(root, "reports/evidence/lstm_adding.json")["baselines"]["constant"]["mse"] > 0.1
+    gan = _json(root, "reports/metrics/gan.json")
+    assert gan["baseline"]["name"] == "real_vs_real"
+    assert gan["test"]["fid"] > gan["baseline"]["fid"] >= 0
+    gan_baselines = _json(root, "reports/evidence/gan.json")["baselines"]
+    assert set(gan_baselines) == {"real_vs_real", "uniform_noise"}
+    assert gan_baselines["real_vs_real"] == {"fid": gan["baseline"]["fid"]}
+    assert gan_baselines["uniform_noise"]["fid"] > gan_baselines["real_vs_real"]["fid"]
     summary = (root / "reports" / "summary.md").read_text()
     assert all(f"| {name} |" in summary for name in RUNS)
     assert "## Fit" in summary
@@ -111,9 +81,11 @@ def test_every_run_has_metrics_with_baselines(repo):
 
 def test_mlflow_store_has_one_finished_run_per_run_with_epoch_curves(repo):
     root, _ = repo
-    from mlflow.tracking import MlflowClient
+    from deepfit.config import load_params
+    from deepfit.evaluate.metrics import evaluation_kind, key_metric_names
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    params = load_params(root / "params.yaml")
+    client = mlflow_client(root)
     experiment = client.get_experiment_by_name("deepfit")
     everything = client.search_runs([experiment.experiment_id])
     runs = [r for r in everything if "deepfit.study" not in r.data.tags]
@@ -129,7 +101,14 @@ def test_mlflow_store_has_one_finished_run_per_run_with_epoch_curves(repo):
         for key in (loss, f"val_{loss}"):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in history] == list(range(1, EPOCHS + 1)), (name, key)
+            stamps = [m.timestamp for m in history]
+            assert len(set(stamps)) == EPOCHS, (name, key, stamps)  # each epoch its own time
         assert any(k.startswith("test.") for k in run.data.metrics), name
+        config = params.run(name)
+        test_key, baseline_key, _ = key_metric_names(
+            evaluation_kind(config.model, params.dataset(config.dataset))
+        )
+        assert test_key in run.data.metrics and baseline_key in run.data.metrics, name
         assert run.data.tags["deepfit.fit.verdict"] in VERDICTS, name
         assert "fit.skill_gap" in run.data.metrics and "fit.best_epoch" in run.data.metrics
         grads = [k for k in run.data.metrics if k.startswith("grad_norm.")]
@@ -138,28 +117,32 @@ def test_mlflow_store_has_one_finished_run_per_run_with_epoch_curves(repo):
         assert steps == list(range(1, EPOCHS + 1)), name
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
         assert "figures/evaluation" in artifacts and "figures/training" in artifacts
+    (gan,) = [r for r in runs if r.info.run_name == "gan"]
+    gan_fid = _json(root, "reports/metrics/gan.json")["baseline"]["fid"]
+    assert gan.data.metrics["baseline.real_vs_real.fid"] == pytest.approx(gan_fid)
 
 
 def test_every_run_has_a_fit_verdict_with_evidence(repo):
     root, _ = repo
     for name in RUNS:
-        metrics = json.loads((root / "reports" / "metrics" / f"{name}.json").read_text())
-        fit = metrics["fit"]
+        metrics = _json(root, f"reports/metrics/{name}.json")
+        evidence = _json(root, f"reports/evidence/{name}.json")
+        fit = evidence["fit"]
         assert fit["verdict"] in VERDICTS and fit["reasons"], name
         for key in ("best_epoch", "val_loss_best", "val_loss_last", "gap_best", "gap_last"):
             assert isinstance(fit[key], int | float), (name, key)
-        assert metrics["gradients"]["layers"] >= 2, name
-        info = json.loads((root / "reports" / "metrics" / f"{name}.run.json").read_text())
+        assert metrics["fit"] == {"verdict": fit["verdict"], "best_epoch": fit["best_epoch"]}
+        assert evidence["gradients"]["layers"] >= 2, name
+        info = _json(root, f"reports/evidence/{name}.run.json")
         assert len(info["mlflow"]["run_id"]) == 32 and info["train"]["seconds"] > 0, name
+        assert info["mlflow"]["run_name"] == name
         rows = (root / "reports/plots" / name / "gradients/norms.csv").read_text().splitlines()
         assert rows[0] == "epoch,layer,norm" and len(rows) > EPOCHS, name
 
 
 def test_studies_write_tables_figures_and_grouped_runs(repo):
     root, _ = repo
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    client = mlflow_client(root)
     experiment = client.get_experiment_by_name("deepfit")
     for study in ("capacity", "regularisation", "activation"):
         table = (root / "reports/studies" / f"{study}.md").read_text()
@@ -187,7 +170,7 @@ def test_logged_model_loads_with_pyfunc(repo):
 
 def test_dvc_views_work(repo):
     root, env = repo
-    metrics = _sh(["dvc", "metrics", "show", "--json"], root, env)
+    metrics = sh(["dvc", "metrics", "show", "--json"], root, env)
     assert "reports/metrics/cnn.json" in metrics
     shown = subprocess.run(
         ["dvc", "plots", "show", "--json"], cwd=root, env=env, capture_output=True, text=True
@@ -201,24 +184,22 @@ def test_dvc_views_work(repo):
 
 def test_second_repro_does_nothing(repo):
     root, env = repo
-    out = _sh(["dvc", "repro"], root, env)
+    out = sh(["dvc", "repro"], root, env)
     assert "Running stage" not in out
     assert "up to date" in out
 
 
 def test_exp_run_reruns_only_the_varied_run(repo):
     root, env = repo
-    _sh(["git", "add", "-A"], root, env)
-    _sh(["git", "commit", "-qm", "lock"], root, env)
-    out = _sh(["dvc", "exp", "run", "-S", "runs.cnn.activation=tanh"], root, env)
+    commit_all(root, env, "lock")
+    out = sh(["dvc", "exp", "run", "-S", "runs.cnn.activation=tanh"], root, env)
     ran = sorted(set(re.findall(r"Running stage '([^']+)'", out)))
-    assert ran == ["evaluate@cnn", "report", "train@cnn"]
-    shown = _sh(["dvc", "exp", "show", "--json"], root, env)
+    # validate reruns on every edit of params.yaml; nothing depends on it
+    assert ran == ["evaluate@cnn", "report", "train@cnn", "validate"]
+    shown = sh(["dvc", "exp", "show", "--json"], root, env)
     assert "tanh" in shown
 
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    client = mlflow_client(root)
     experiment = client.get_experiment_by_name("deepfit")
     varied = client.search_runs(
         [experiment.experiment_id], filter_string="tags.`deepfit.run` = 'cnn'"

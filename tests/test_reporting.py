@@ -6,26 +6,35 @@ import json
 from pathlib import Path
 
 from deepfit.config import load_params
-from deepfit.reporting import markdown_table, read_curves, summary_rows
+from deepfit.evaluate.run import metrics_file
+from deepfit.report.summary import markdown_table, read_curves, summary_rows
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def write_metrics(reports: Path, run: str, test: dict, baseline: dict) -> None:
+def write_metrics(reports: Path, run: str, kind: str, test: dict, baselines: dict) -> None:
+    """What evaluate@<run> writes: the DVC metrics file, the evidence and the run info."""
     (reports / "metrics").mkdir(parents=True, exist_ok=True)
+    (reports / "evidence").mkdir(parents=True, exist_ok=True)
+    fit = {"verdict": "good", "best_epoch": 2}
+    metrics = metrics_file(kind, test, baselines, fit)
+    (reports / "metrics" / f"{run}.json").write_text(json.dumps(metrics))
     train = {"epochs": 3, "best_epoch": 2, "params": 1234}
-    data = {"test": test, "baseline": baseline, "train": train}
-    (reports / "metrics" / f"{run}.json").write_text(json.dumps(data))
-    info = {"mlflow": {"run_id": "0" * 32}, "train": {"seconds": 1.5}}
-    (reports / "metrics" / f"{run}.run.json").write_text(json.dumps(info))
+    evidence = {"baselines": baselines, "train": train, "fit": fit, "gradients": {}}
+    (reports / "evidence" / f"{run}.json").write_text(json.dumps(evidence))
+    info = {"mlflow": {"run_id": "0" * 32, "run_name": run}, "train": {"seconds": 1.5}}
+    (reports / "evidence" / f"{run}.run.json").write_text(json.dumps(info))
 
 
 def test_rows_pick_key_metric_and_baseline_per_kind(tmp_path):
     params = load_params(ROOT / "params.yaml")
-    write_metrics(tmp_path, "cnn", {"accuracy": 0.99}, {"svm": {"accuracy": 0.98}})
-    write_metrics(tmp_path, "lstm", {"rmse": 16.0}, {"ar": {"rmse": 20.0}})
-    write_metrics(tmp_path, "lstm_adding", {"mse": 0.001}, {"constant": {"mse": 0.16}})
-    write_metrics(tmp_path, "gan", {"fid": 4.0}, {"fid_real_vs_real": 0.5})
+    svm = {"svm": {"accuracy": 0.98}, "logistic": {"accuracy": 0.5}}
+    write_metrics(tmp_path, "cnn", "classification", {"accuracy": 0.99}, svm)
+    ar = {"ar": {"rmse": 20.0}, "persistence": {"rmse": 1.0}}
+    write_metrics(tmp_path, "lstm", "forecast", {"rmse": 16.0}, ar)
+    constant = {"constant": {"mse": 0.16}}
+    write_metrics(tmp_path, "lstm_adding", "regression", {"mse": 0.001}, constant)
+    gan = {"real_vs_real": {"fid": 0.5}, "uniform_noise": {"fid": 300.0}}
+    write_metrics(tmp_path, "gan", "generative", {"fid": 4.0}, gan)
     rows = {r["run"]: r for r in summary_rows(params, tmp_path)}
     assert set(rows) == {"cnn", "lstm", "lstm_adding", "gan"}  # runs without metrics left out
     assert (rows["lstm"]["metric"], rows["lstm"]["baseline"]) == ("test.rmse", 20.0)
@@ -42,8 +51,8 @@ def test_read_curves_round_trips_curve_tables(tmp_path):
 
 def test_fit_table_shows_verdict_best_and_last_values():
     from deepfit.config import FitConfig
-    from deepfit.diagnosis import diagnose
-    from deepfit.reporting import fit_table
+    from deepfit.evaluate.diagnosis import diagnose
+    from deepfit.report.summary import fit_table
 
     fit = diagnose(
         {"loss": [1.0, 0.5, 0.3, 0.1], "val_loss": [1.0, 0.6, 0.5, 0.6]}, FitConfig(), (2.0, 2.0)

@@ -11,15 +11,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from test_pipeline_e2e import EPOCHS, _sh
-from test_sweep_e2e import tiny_repo
+from helpers import EPOCHS, sh, stage_env, tiny_repo, tool
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +43,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env = stage_env()
     cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
+        tool("mlflow"),
         *("server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
         *("--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"),
         *("--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts"),
@@ -134,6 +131,6 @@ def test_figures_and_model_landed_on_the_server(pipeline, client, server):
 
 def test_compare_reads_the_server(pipeline, server):
     root, env = pipeline
-    out = _sh([str(Path(sys.executable).parent / "deepfit"), "compare"], root, env)
+    out = sh([tool("deepfit"), "compare"], root, env)
     assert out.splitlines()[2].startswith("fnn ")
     assert f"1 of 1 runs, experiment 'deepfit', {server[0]}" in out

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_stage(cwd: Path, stage: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"deepfit.stages.{stage}", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-    )
+from helpers import ROOT, run_stage
 
 
 @pytest.fixture

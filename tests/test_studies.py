@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import copy
 import csv
-from pathlib import Path
 
 import pytest
 
 from deepfit.config import ConfigError, load_params, parse_params, read_yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 @pytest.fixture
@@ -89,10 +87,10 @@ def test_gradient_norms_show_sigmoid_vanishing_where_relu_does_not():
     import keras
     import numpy as np
 
-    from deepfit.callbacks import gradient_probe
-    from deepfit.diagnosis import gradient_summary
+    from deepfit.evaluate.diagnosis import gradient_summary
     from deepfit.models import get_spec
     from deepfit.models.base import DataSpec
+    from deepfit.train.gradients import gradient_probe
 
     params = load_params(ROOT / "params.yaml")
     spec = DataSpec(input_shape=(8, 8, 1), kind="image", task="classification", n_outputs=10)
@@ -118,7 +116,7 @@ def test_tiny_study_writes_table_figure_and_grouped_mlflow_runs(tmp_path, monkey
     from mlflow.tracking import MlflowClient
 
     from deepfit.data import load_prepared, prepare_dataset
-    from deepfit.studies import StudyOutputs, run_study
+    from deepfit.study.run import StudyOutputs, run_study
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -175,7 +173,7 @@ def test_tiny_study_writes_table_figure_and_grouped_mlflow_runs(tmp_path, monkey
 
 def test_train_size_larger_than_the_data_is_a_one_line_error(raw):
     from deepfit.data import DataError
-    from deepfit.studies import subsample
+    from deepfit.study.run import subsample
 
     class Data:
         train = (list(range(5)), list(range(5)))

@@ -10,16 +10,13 @@ must still land, finished and with one row per epoch, in the repository's own ml
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from test_pipeline_e2e import EPOCHS, _copy_repo, _sh, _shrink
+from helpers import EPOCHS, mlflow_client, sh, tiny_repo, tool
 
 pytestmark = pytest.mark.slow
 
@@ -32,49 +29,9 @@ DIVERGE += ["-S", "++runs.fnn.train.optimizer.learning_rate=10"]
 QUEUE_TIMEOUT = 1800  # seconds; 5 tiny experiments take about 3 minutes on 2 busy cores
 
 
-def tiny_repo(dest: Path, runs: list[str], env_extra: dict[str, str] | None = None) -> dict:
-    """A committed copy of the repo whose pipeline trains only ``runs`` for EPOCHS epochs.
-
-    ``dvc repro`` has run and its dvc.lock is committed; returns the environment to use.
-    """
-    dest.mkdir(parents=True)
-    _copy_repo(dest)
-    params_path = dest / "params.yaml"
-    _shrink(params_path)
-    params = yaml.safe_load(params_path.read_text())
-    params["runs"] = {name: params["runs"][name] for name in runs}
-    used = {run["dataset"] for run in params["runs"].values()} | {params["scorer"]["dataset"]}
-    params["datasets"] = {k: v for k, v in params["datasets"].items() if k in used}
-    if "studies" in params:
-        params["studies"] = {}  # they depend on `train`: every optimizer change would rerun them
-    if "fnn" in runs:
-        params["runs"]["fnn"]["activation"] = "sigmoid"  # no sweep point equals the baseline
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(GIT_AUTHOR_NAME="deepfit tests", GIT_COMMITTER_NAME="deepfit tests")
-    env.update(
-        GIT_AUTHOR_EMAIL="tests@deepfit.invalid", GIT_COMMITTER_EMAIL="tests@deepfit.invalid"
-    )
-    env.update(env_extra or {})
-    for cmd in (
-        ["git", "init", "-q", "-b", "main"],
-        ["git", "config", "user.name", env["GIT_AUTHOR_NAME"]],
-        ["git", "config", "user.email", env["GIT_AUTHOR_EMAIL"]],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "tiny pipeline"],
-        ["dvc", "repro"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "dvc.lock and metrics"],
-    ):
-        _sh(cmd, dest, env)
-    return env
-
-
 def queue_status(root: Path, env: dict) -> dict[str, str]:
     """Experiment name -> Queued, Running, Success or Failed, from `dvc queue status`."""
-    out = _sh(["dvc", "queue", "status"], root, env)
+    out = sh(["dvc", "queue", "status"], root, env)
     status = {}
     for line in out.splitlines():
         parts = line.split()  # task  name  created (e.g. "11:24 PM")  status
@@ -126,10 +83,10 @@ def exp_params(root: Path, env: dict) -> dict[str, dict]:
 def sweep(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("sweep") / "repo"
     env = tiny_repo(root, ["fnn", "cnn"])
-    _sh(["dvc", "exp", "run", "--queue", *SWEEP], root, env)
-    _sh(["dvc", "exp", "run", "--queue", *DIVERGE], root, env)
+    sh(["dvc", "exp", "run", "--queue", *SWEEP], root, env)
+    sh(["dvc", "exp", "run", "--queue", *DIVERGE], root, env)
     try:
-        _sh(["dvc", "queue", "start", "-j", "2"], root, env)
+        sh(["dvc", "queue", "start", "-j", "2"], root, env)
         status = wait_for_queue(root, env, expected=len(GRID) + 1, timeout=QUEUE_TIMEOUT)
         yield root, env, status
     finally:  # no queue worker outlives the test
@@ -138,10 +95,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def store(sweep):
-    from mlflow.tracking import MlflowClient
-
     root, _, _ = sweep
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    client = mlflow_client(root)
     experiment = client.get_experiment_by_name("deepfit")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     return client, runs
@@ -214,9 +169,9 @@ def test_deepfit_compare_reports_every_experiment(sweep, store):
     root, env, _ = sweep
     _, runs = store
     points = _sweep_points(sweep)
-    deepfit = [str(Path(sys.executable).parent / "deepfit"), "compare"]
+    deepfit = [tool("deepfit"), "compare"]
 
-    table = _sh(deepfit, root, env)
+    table = sh(deepfit, root, env)
     for exp in points:
         assert f"fnn@{exp} " in table
     assert "fnn@diverge " in table and "FAILED" in table
@@ -227,15 +182,15 @@ def test_deepfit_compare_reports_every_experiment(sweep, store):
         (r for r in scored if r.data.tags["deepfit.model"] == "fnn"),
         key=lambda r: r.data.metrics["test.accuracy"],
     )
-    lines = _sh([*deepfit, "--best-per", "model"], root, env).splitlines()
+    lines = sh([*deepfit, "--best-per", "model"], root, env).splitlines()
     rows = {line.split()[1]: line.split() for line in lines[2:-1]}  # model -> cells
     assert sorted(rows) == ["cnn", "fnn"]
     assert rows["fnn"][5] == f"{best.data.metrics['test.accuracy']:.4g}"
 
-    failed = _sh([*deepfit, "--failed"], root, env)
+    failed = sh([*deepfit, "--failed"], root, env)
     assert "fnn@diverge" in failed and "diverged" in failed
 
     csv_path = root / "sweep.csv"
-    _sh([*deepfit, "--exp", ",".join(points), "--run", "fnn", "--csv", str(csv_path)], root, env)
+    sh([*deepfit, "--exp", ",".join(points), "--run", "fnn", "--csv", str(csv_path)], root, env)
     lines = csv_path.read_text().splitlines()
     assert len(lines) == 1 + len(points)

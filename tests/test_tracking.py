@@ -8,8 +8,7 @@ import pytest
 
 from deepfit import tracking
 from deepfit.config import load_params
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def test_repo_root_escapes_dvc_experiment_copies(tmp_path):
@@ -80,46 +79,71 @@ def test_resume_logs_into_the_same_run(store):
     assert stored.data.metrics["test.accuracy"] == 0.5
 
 
-def test_epoch_logger_uses_one_based_epoch_steps_and_sends_pending_rows_at_the_end():
-    from deepfit.callbacks import EpochMetricsLogger
+def _tiny_fit(callbacks, epochs: int) -> None:
+    """A real Keras fit of a small dense model on random data, with validation."""
+    import keras
+    import numpy as np
 
-    sent = []
-    logger = EpochMetricsLogger(sent.append, share=1.0)  # send after every epoch
-    logger.on_epoch_end(0, {"loss": 0.5, "val_loss": 0.75})
-    logger.add({"grad_norm.dense": 0.25}, 1)
-    logger.on_epoch_end(1, {"loss": float("nan"), "note": "text"})
-    logger.on_epoch_end(2, None)
-    logger.on_train_end()
-    assert sent == [
-        [(1, {"loss": 0.5, "val_loss": 0.75})],
-        [(1, {"grad_norm.dense": 0.25}), (2, {"loss": pytest.approx(float("nan"), nan_ok=True)})],
-    ]
-
-
-def test_epoch_logger_batches_rows_while_sending_is_slow():
-    from deepfit.callbacks import EpochMetricsLogger
-
-    sent = []
-    logger = EpochMetricsLogger(sent.append, share=1e-9)  # the first send "costs" the rest
-    for epoch in range(5):
-        logger.on_epoch_end(epoch, {"loss": float(epoch)})
-    assert [[step for step, _ in batch] for batch in sent] == [[1]]
-    logger.flush()
-    assert [[step for step, _ in batch] for batch in sent] == [[1], [2, 3, 4, 5]]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = (x.sum(axis=1) > 0).astype("int32")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(
+        x, y, validation_split=0.25, batch_size=32, epochs=epochs, verbose=0, callbacks=callbacks
+    )
 
 
-def test_throttle_keeps_a_chore_below_its_share_of_the_time():
-    from deepfit.callbacks import Throttle
+def test_mlflow_metrics_logs_every_epoch_with_its_step_and_own_timestamp(store):
+    import keras
 
-    now = [0.0]
-    throttle = Throttle(0.1, clock=lambda: now[0])
-    assert throttle.due()  # the first run is always due
-    with throttle.timed():
-        now[0] += 0.5  # the chore takes 0.5 s: next due 5 s after it ended
-    now[0] += 4.9
-    assert not throttle.due()
-    now[0] += 0.1
-    assert throttle.due()
+    from deepfit.train.callbacks import MlflowMetrics
+
+    class Note(keras.callbacks.Callback):  # a non-numeric log value is skipped, not an error
+        def on_epoch_end(self, epoch, logs=None):
+            logs["note"] = "text"
+
+    epochs = 6
+    run = load_params(ROOT / "params.yaml").run("fnn")
+    with tracking.start_run(run, "deepfit-test", {}) as active:
+        _tiny_fit([Note(), MlflowMetrics()], epochs)
+        run_id = active.info.run_id
+    stored = store.get_run(run_id)
+    assert set(stored.data.metrics) == {"loss", "val_loss", "accuracy", "val_accuracy"}
+    for key in stored.data.metrics:
+        history = store.get_metric_history(run_id, key)
+        assert [m.step for m in history] == list(range(1, epochs + 1)), key
+        stamps = [m.timestamp for m in history]
+        assert len(set(stamps)) == epochs, (key, stamps)  # no two epochs share a timestamp
+        assert stamps == sorted(stamps), key
+    losses = [m.value for m in store.get_metric_history(run_id, "loss")]
+    assert all(isinstance(v, float) and v > 0 for v in losses)
+
+
+def test_a_failing_fit_keeps_its_curve_up_to_the_failure(store):
+    import keras
+
+    from deepfit.train.callbacks import MlflowMetrics
+
+    class Fail(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("disk full")
+
+    run = load_params(ROOT / "params.yaml").run("fnn")
+    with (
+        pytest.raises(RuntimeError, match="disk full"),
+        tracking.start_run(run, "deepfit-test", {}) as active,
+    ):
+        run_id = active.info.run_id
+        _tiny_fit([MlflowMetrics(), Fail()], epochs=10)
+    stored = store.get_run(run_id)
+    assert stored.info.status == "FAILED"
+    assert stored.data.tags["deepfit.error"] == "RuntimeError: disk full"
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        history = store.get_metric_history(run_id, key)
+        assert [m.step for m in history] == [1, 2, 3], key  # the failing epoch's own values too
+        assert len({m.timestamp for m in history}) == 3, key
 
 
 def test_resuming_a_run_missing_from_the_store_says_how_to_recover(store):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from deepfit.config import OptimizerConfig
-from deepfit.training import best_epoch, curve_tables, make_optimizer
-
-ROOT = Path(__file__).resolve().parents[1]
+from deepfit.train.curves import curve_tables
+from deepfit.train.loop import best_epoch, make_optimizer
+from helpers import ROOT
 
 
 @pytest.mark.parametrize(
@@ -68,7 +67,7 @@ def test_train_run_writes_outputs_and_tracks_epochs(tmp_path, monkeypatch):
 
     from deepfit.config import parse_params, read_yaml
     from deepfit.data import load_prepared, prepare_dataset
-    from deepfit.training import TrainOutputs, train_run
+    from deepfit.train.run import TrainOutputs, train_run
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -88,7 +87,7 @@ def test_train_run_writes_outputs_and_tracks_epochs(tmp_path, monkeypatch):
         "model.keras",
         "run.json",
     ]
-    from deepfit.training import read_gradients
+    from deepfit.outputs import read_gradients
 
     records = read_gradients(model_dir / "gradients.json")
     # the default fnn has batch norm; the layers with weights, in forward order
@@ -112,8 +111,9 @@ def test_train_run_writes_outputs_and_tracks_epochs(tmp_path, monkeypatch):
 
 def test_gradient_records_keep_forward_layer_order(tmp_path):
     """hidden_10 sorts before hidden_2 as text; files and summaries must keep model order."""
-    from deepfit.callbacks import GradientNorms
-    from deepfit.training import gradient_table, read_gradients, write_gradients
+    from deepfit.outputs import read_gradients, write_gradients
+    from deepfit.train.callbacks import GradientNorms
+    from deepfit.train.curves import gradient_table
 
     layers = [f"hidden_{i}" for i in range(1, 12)] + ["output"]
 

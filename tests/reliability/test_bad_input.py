@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _support import TINY_RUN, error_line, run_stage, snapshot, tiny_params, write_params
 
 from deepfit.config import load_params
 from deepfit.stages import prepare, train
+from helpers import TINY_RUN, error_line, run_stage, snapshot, tiny_params, write_params
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _support import TINY_RUN, runs_named, stage_env, tiny_params, write_params
 
 from deepfit import tracking
+from helpers import TINY_RUN, runs_named, stage_env, tiny_params, write_params
 
 EPOCHS = 6
 

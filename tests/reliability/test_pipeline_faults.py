@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _support import (
+
+from helpers import (
     TINY_RUN,
     copy_repo,
+    git_repo,
     mlflow_client,
     run_stage,
     runs_named,
-    stage_env,
+    sh,
     tiny_params,
     write_params,
 )
@@ -52,12 +54,7 @@ RUNS = {
 
 
 def _sh(cmd: list[str], cwd: Path, env: dict[str, str], ok: bool = True) -> str:
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    output = done.stdout + done.stderr
-    assert (done.returncode == 0) == ok, (
-        f"{' '.join(cmd)}: exit {done.returncode}\n{output[-4000:]}"
-    )
-    return output
+    return sh(cmd, cwd, env, ok=ok, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -67,19 +64,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     root.mkdir()
     copy_repo(root)
     write_params(root, tiny_params(RUNS))
-    env = stage_env(
-        GIT_AUTHOR_NAME="deepfit tests",
-        GIT_COMMITTER_NAME="deepfit tests",
-        GIT_AUTHOR_EMAIL="tests@deepfit.invalid",
-        GIT_COMMITTER_EMAIL="tests@deepfit.invalid",
-    )
-    for cmd in (
-        ["git", "init", "-q", "-b", "main"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "init"],
-        ["dvc", "repro", "train@tiny"],
-    ):
-        _sh(cmd, root, env)
+    env = git_repo(root)
+    _sh(["dvc", "repro", "train@tiny"], root, env)
     return root, env
 
 
@@ -232,19 +218,23 @@ def test_bad_params_value_leaves_dvc_lock_alone_and_loses_nothing(repo):
 
 
 def test_same_params_and_seeds_give_bit_identical_metrics(repo):
-    """Train and evaluate twice in separate processes, as DVC would: the metrics file is
-    byte-identical; only <run>.run.json (MLflow run id, wall time) differs."""
+    """Train and evaluate twice in separate processes, as DVC would: the metrics and evidence
+    files are byte-identical; only <run>.run.json (MLflow run id, wall time) differs."""
     root, env = repo
     first_history = (root / "models" / "tiny" / "history.json").read_bytes()
     metrics = root / "reports" / "metrics" / "tiny.json"
-    run_info = root / "reports" / "metrics" / "tiny.run.json"
+    evidence = root / "reports" / "evidence" / "tiny.json"
+    run_info = root / "reports" / "evidence" / "tiny.run.json"
     assert run_stage(root, "evaluate", "--run", "tiny", env=env).returncode == 0
     first, first_info = metrics.read_bytes(), json.loads(run_info.read_text())
+    first_evidence = evidence.read_bytes()
     assert run_stage(root, "train", "--run", "tiny", env=env).returncode == 0
     assert run_stage(root, "evaluate", "--run", "tiny", env=env).returncode == 0
     second, second_info = metrics.read_bytes(), json.loads(run_info.read_text())
 
     assert (root / "models" / "tiny" / "history.json").read_bytes() == first_history
     assert first == second
-    assert set(json.loads(first)) >= {"test", "baseline", "train", "fit", "gradients"}
+    assert evidence.read_bytes() == first_evidence
+    assert set(json.loads(first)) == {"test", "baseline", "fit"}
+    assert set(json.loads(first_evidence)) == {"baselines", "train", "fit", "gradients"}
     assert first_info["mlflow"]["run_id"] != second_info["mlflow"]["run_id"]

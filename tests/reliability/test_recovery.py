@@ -1,4 +1,4 @@
-"""deepfit.recovery with real Keras fits: a restart resumes exactly where the backup stopped,
+"""deepfit.train.resume with real Keras fits: a restart resumes exactly where the backup stopped,
 keeps early stopping's state, survives a half-written checkpoint, and never uses stale state."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from deepfit.recovery import BackupCallback, DivergenceGuard, TrainingBackup, TrainingDiverged
+from deepfit.train.callbacks import DivergenceGuard, TrainingDiverged
+from deepfit.train.resume import BackupCallback, Throttle, TrainingBackup
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -129,9 +130,8 @@ def test_divergence_guard_can_stop_training_instead_of_failing():
 
 
 def test_backup_folder_is_keyed_by_params_and_data_and_stale_ones_go(tmp_path):
-    from _support import tiny_params
-
     from deepfit.config import parse_params
+    from helpers import tiny_params
 
     raw = tiny_params()
     params = parse_params(raw)
@@ -149,3 +149,15 @@ def test_backup_folder_is_keyed_by_params_and_data_and_stale_ones_go(tmp_path):
     new_data = {"splits": {"train": {"sha256": "b"}}}
     moved = TrainingBackup.for_run(changed.run("tiny"), changed, new_data, root=tmp_path)
     assert moved.folder != other.folder
+
+
+def test_throttle_keeps_a_chore_below_its_share_of_the_time():
+    now = [0.0]
+    throttle = Throttle(0.1, clock=lambda: now[0])
+    assert throttle.due()  # the first run is always due
+    with throttle.timed():
+        now[0] += 0.5  # the chore takes 0.5 s: next due 5 s after it ended
+    now[0] += 4.9
+    assert not throttle.due()
+    now[0] += 0.1
+    assert throttle.due()

@@ -8,11 +8,11 @@ from importlib import metadata
 
 import pytest
 import yaml
-from _support import ROOT
 from packaging.version import Version
 
 from deepfit.config import ConfigError, _Loader, load_params
 from deepfit.models import ModelFileError, load_model
+from helpers import ROOT
 
 SOURCES = sorted((ROOT / "src" / "deepfit").rglob("*.py"))
 FORBIDDEN = {

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _support import (
+
+from deepfit import tracking
+from helpers import (
     error_line,
     mlflow_client,
     run_stage,
@@ -21,8 +23,6 @@ from _support import (
     tiny_params,
     write_params,
 )
-
-from deepfit import tracking
 
 
 def _free_port() -> int:
@@ -129,12 +129,12 @@ def test_failed_experiment_with_the_server_down_still_fails_fast(workdir):
 WRITER = """
 import sys
 from deepfit import tracking
-from deepfit.callbacks import EpochMetricsLogger
 from deepfit.config import load_params
+from deepfit.train.callbacks import MlflowMetrics
 
 run = load_params("params.yaml").run(sys.argv[1])
 with tracking.start_run(run, "concurrent", {"writer": sys.argv[1]}):
-    logger = EpochMetricsLogger()
+    logger = MlflowMetrics()
     for epoch in range(int(sys.argv[2])):
         logger.on_epoch_end(epoch, {"loss": 1 / (epoch + 1), "val_loss": 2.0, "accuracy": 0.5})
     logger.on_train_end()

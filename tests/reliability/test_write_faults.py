@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from _support import TINY_RUN, mlflow_client, tiny_params
 
 from deepfit import outputs
 from deepfit.stages._cli import stage
+from helpers import TINY_RUN, mlflow_client, tiny_params
 
 
 def _disk_full() -> OSError:
@@ -111,7 +111,7 @@ def test_disk_full_while_saving_the_model_loses_no_training(ready_workdir, monke
 
     from deepfit.config import parse_params
     from deepfit.data import load_prepared
-    from deepfit.training import TrainOutputs, train_run
+    from deepfit.train.run import TrainOutputs, train_run
 
     monkeypatch.chdir(ready_workdir)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -1,0 +1,235 @@
+"""Shared helpers of the test suite (plain functions; fixtures live in conftest.py).
+
+The repository root, a copy of the repository like a fresh clone, the real params.yaml shrunk
+to tiny sizes, running a stage as DVC would, shell commands in a clean environment, and the
+MLflow store of a copy. Test files import from here, never from each other.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON_BIN = str(Path(sys.executable).parent)
+
+# Epochs of every run in the end-to-end copies of the pipeline.
+EPOCHS = 2
+
+# A run small enough to train in a second or two.
+TINY_RUN = {"model": "fnn", "dataset": "digits", "units": [8], "dropout": 0.0}
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "deepfit tests",
+    "GIT_COMMITTER_NAME": "deepfit tests",
+    "GIT_AUTHOR_EMAIL": "tests@deepfit.invalid",
+    "GIT_COMMITTER_EMAIL": "tests@deepfit.invalid",
+}
+
+
+# ---------------------------------------------------------------- params
+
+
+def real_params() -> dict[str, Any]:
+    """The repository's params.yaml as plain data (a fresh copy each call)."""
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def tiny_params(runs: dict[str, Any] | None = None, epochs: int = 2) -> dict[str, Any]:
+    """The real params.yaml shrunk: ``runs`` only (default one tiny FNN), few epochs."""
+    raw = real_params()
+    raw["train"]["epochs"] = epochs
+    raw["scorer"]["epochs"] = 1
+    raw["datasets"]["adding"].update(length=10, train_size=64, val_size=32, test_size=32)
+    raw["runs"] = copy.deepcopy(runs) if runs is not None else {"tiny": dict(TINY_RUN)}
+    return raw
+
+
+def shrunk_params(epochs: int = EPOCHS) -> dict[str, Any]:
+    """The real params.yaml with every run, shrunk for an end-to-end `dvc repro`: ``epochs``
+    epochs everywhere, a short adding problem, studies on 60 samples with two small variants."""
+    params = real_params()
+    params["train"]["epochs"] = epochs
+    params["scorer"]["epochs"] = epochs
+    params["datasets"]["adding"].update(length=10, train_size=256, val_size=64, test_size=64)
+    for run in params["runs"].values():
+        run.get("train", {}).pop("epochs", None)
+    for study in params.get("studies", {}).values():
+        study["train_size"] = 60
+        study["base"]["train"]["epochs"] = epochs
+        study["variants"] = dict(list(study["variants"].items())[:2])
+        for variant in study["variants"].values():
+            if "units" in variant:
+                variant["units"] = [min(u, 16) for u in variant["units"]]
+    return params
+
+
+def write_params(directory: Path, raw: dict[str, Any], name: str = "params.yaml") -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------- processes
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment a stage gets from DVC, without the caller's MLflow/DVC settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{PYTHON_BIN}{os.pathsep}{env['PATH']}"
+    env.update(extra)
+    return env
+
+
+def run_stage(
+    cwd: Path, stage: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run ``python -m deepfit.stages.<stage> args`` as DVC would."""
+    return subprocess.run(
+        [sys.executable, "-m", f"deepfit.stages.{stage}", *args],
+        cwd=cwd,
+        env=env or stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def error_line(done: subprocess.CompletedProcess, stage: str) -> str:
+    """The stage's one error line (TensorFlow's own start-up lines on stderr are ignored)."""
+    ours = [line for line in done.stderr.splitlines() if line.startswith(f"deepfit {stage}:")]
+    assert len(ours) == 1, done.stderr[-3000:]
+    assert done.stderr.rstrip().endswith(ours[0]), done.stderr[-3000:]  # the last word
+    return ours[0]
+
+
+def sh(
+    cmd: list[str], cwd: Path, env: dict[str, str], ok: bool = True, timeout: float | None = None
+) -> str:
+    """Run ``cmd``; it must succeed (or, with ``ok=False``, fail). Returns stdout and stderr
+    together."""
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    output = done.stdout + done.stderr
+    assert (done.returncode == 0) == ok, (
+        f"{' '.join(cmd)}: exit {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    )
+    return output
+
+
+def tool(name: str) -> str:
+    """The path of a console script of this environment (``deepfit``, ``mlflow``, ``dvc``)."""
+    return str(Path(PYTHON_BIN) / name)
+
+
+# ---------------------------------------------------------------- files and copies
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` with size and mtime: equal snapshots mean nothing was written."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def make_workdir(directory: Path, raw: dict[str, Any]) -> Path:
+    """A folder that stages run in: params.yaml, a dvc.yaml marking the root, data/raw/."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_params(directory, raw)
+    (directory / "dvc.yaml").write_text("stages: {}\n")
+    (directory / "data" / "raw").mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def copy_tree(source: Path, dest: Path) -> None:
+    shutil.copytree(source, dest, dirs_exist_ok=True)
+
+
+def copy_repo(dest: Path) -> None:
+    """The repository's files that git sees, without outputs and tests: like a fresh clone."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        if not (ROOT / rel).is_file() or rel.startswith(("reports/", "dvc.lock", "tests/")):
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+
+
+def git_repo(dest: Path, env_extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Make ``dest`` (a copy) a git repository with one commit of everything in it.
+
+    Returns the environment to run git, dvc and stages in there: no MLflow/DVC settings of the
+    caller, a git identity that does not depend on the host (``dvc exp run`` commits)."""
+    env = stage_env(**GIT_IDENTITY, **(env_extra or {}))
+    for cmd in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "config", "user.name", env["GIT_AUTHOR_NAME"]],  # DVC's own git backend reads
+        ["git", "config", "user.email", env["GIT_AUTHOR_EMAIL"]],  # config, not the env vars
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "init"],
+    ):
+        sh(cmd, dest, env)
+    return env
+
+
+def commit_all(root: Path, env: dict[str, str], message: str) -> None:
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-qm", message], root, env)
+
+
+def tiny_repo(dest: Path, runs: list[str], env_extra: dict[str, str] | None = None) -> dict:
+    """A committed copy of the repo whose pipeline trains only ``runs`` for EPOCHS epochs.
+
+    ``dvc repro`` has run and its dvc.lock is committed; returns the environment to use.
+    """
+    dest.mkdir(parents=True)
+    copy_repo(dest)
+    params = shrunk_params()
+    params["runs"] = {name: params["runs"][name] for name in runs}
+    used = {run["dataset"] for run in params["runs"].values()} | {params["scorer"]["dataset"]}
+    params["datasets"] = {k: v for k, v in params["datasets"].items() if k in used}
+    if "studies" in params:
+        params["studies"] = {}  # they depend on `train`: every optimizer change would rerun them
+    if "fnn" in runs:
+        params["runs"]["fnn"]["activation"] = "sigmoid"  # no sweep point equals the baseline
+    write_params(dest, params)
+    env = git_repo(dest, env_extra)
+    sh(["dvc", "repro"], dest, env)
+    commit_all(dest, env, "dvc.lock and metrics")
+    return env
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+def mlflow_client(root: Path) -> Any:
+    """An MLflow client on the sqlite store at ``root`` (a copy or a stage folder)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def runs_named(root: Path, run: str) -> list[Any]:
+    """MLflow runs of deepfit run ``run`` in the store at ``root``, newest first."""
+    client = mlflow_client(root)
+    experiment = client.get_experiment_by_name("deepfit")
+    if experiment is None:
+        return []
+    return client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`deepfit.run` = '{run}'",
+        order_by=["attributes.start_time DESC"],
+    )
