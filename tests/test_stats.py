@@ -108,7 +108,7 @@ def test_paired_bootstrap_names_the_allowed_losses():
 
 
 def test_frechet_bootstrap_is_seeded_and_centred_on_the_estimate():
-    from deepfit.evaluation import frechet_distance
+    from deepfit.evaluate.metrics import frechet_distance
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(400, 8))

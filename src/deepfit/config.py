@@ -21,7 +21,17 @@ from deepfit.models.base import ArchConfig
 
 PARAMS_FILE = Path("params.yaml")
 RUN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-TOP_LEVEL_KEYS = ("seeds", "datasets", "train", "runs", "scorer", "mlflow", "fit", "studies")
+TOP_LEVEL_KEYS = (
+    "seeds",
+    "datasets",
+    "train",
+    "runs",
+    "scorer",
+    "mlflow",
+    "fit",
+    "baselines",
+    "studies",
+)
 RUN_KEYS = ("model", "dataset", "train")
 
 OptimizerName = Literal["sgd", "adam", "adamw", "nadam", "rmsprop", "adagrad", "adamax"]
@@ -128,6 +138,22 @@ class FitConfig(_Strict):
         return self
 
 
+# The classical baselines of each family (``baselines:`` in params) and the grid keys each takes:
+# every grid value is a non-empty list, tried on the validation split (deepfit.evaluate.baselines).
+BASELINE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
+    "classification": {
+        "logreg": ("standardize", "C"),
+        "svm": ("standardize", "C", "gamma"),
+        "knn": ("standardize", "n_neighbors", "weights"),
+        "gbt": ("learning_rate", "max_leaf_nodes", "max_iter"),
+    },
+    "forecast": {"persistence": (), "seasonal_naive": ("period",), "ar": ("p",)},
+    "regression": {"constant": (), "linear": ("alpha",)},
+    "generation": {"gmm_pca": ("components", "mixtures")},
+}
+BaselineGrids = dict[str, dict[str, dict[str, list[Any]]]]
+
+
 StudyKind = Literal["capacity", "regularisation", "activation"]
 _STUDY_KEYS = ("kind", "train_size", "base", "variants")
 
@@ -178,6 +204,8 @@ class Params:
     mlflow: MlflowConfig
     fit: FitConfig = field(default_factory=FitConfig)
     studies: dict[str, StudyConfig] = field(default_factory=dict)
+    # family -> baseline -> grid; a family left out of params.yaml has no baselines
+    baselines: BaselineGrids = field(default_factory=dict)
 
     def run(self, name: str) -> RunConfig:
         if name not in self.runs:
@@ -268,7 +296,41 @@ def _parse(raw: Any) -> Params:
     mlflow = _validate(MlflowConfig, raw.get("mlflow") or {}, "mlflow")
     fit = _validate(FitConfig, raw.get("fit") or {}, "fit")
     studies = _parse_studies(raw.get("studies") or {}, raw["train"], datasets)
-    return Params(seeds, datasets, train, runs, scorer, mlflow, fit, studies)
+    baselines = _parse_baselines(raw.get("baselines") or {})
+    return Params(seeds, datasets, train, runs, scorer, mlflow, fit, studies, baselines)
+
+
+def _parse_baselines(raw: Any) -> BaselineGrids:
+    """``baselines: {family: {name: {key: [values]}}}``, every name, key and grid checked."""
+    _expect_mapping(raw, "baselines")
+    grids: BaselineGrids = {}
+    for family, declared in raw.items():
+        where = f"baselines.{family}"
+        if family not in BASELINE_KEYS:
+            raise ConfigError(f"{where}: unknown family; allowed: {', '.join(BASELINE_KEYS)}")
+        _expect_mapping(declared, where)
+        if not declared:
+            raise ConfigError(f"{where}: declare at least one baseline (or leave the family out)")
+        grids[family] = {}
+        for name, grid in declared.items():
+            known = BASELINE_KEYS[family]
+            if name not in known:
+                raise ConfigError(f"{where}.{name}: unknown baseline; allowed: {', '.join(known)}")
+            grids[family][name] = _parse_grid(grid or {}, f"{where}.{name}", known[name])
+    return grids
+
+
+def _parse_grid(grid: Any, where: str, allowed: tuple[str, ...]) -> dict[str, list[Any]]:
+    _expect_mapping(grid, where)
+    for key, values in grid.items():
+        if key not in allowed:
+            listed = ", ".join(allowed) or "none (this baseline has no hyper-parameters)"
+            raise ConfigError(f"{where}.{key}: unknown key; allowed keys: {listed}")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(
+                f"{where}.{key}: expected a non-empty list of values to try (got {values!r})"
+            )
+    return {key: list(values) for key, values in grid.items()}
 
 
 def _parse_datasets(raw: Any) -> dict[str, DatasetConfig]:

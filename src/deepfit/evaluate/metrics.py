@@ -22,12 +22,12 @@ FRECHET_IMAG_TOL = 1e-3
 
 
 # The number a run is judged by, per kind of evaluation: (test metric, baseline it is compared
-# with, better direction). MLflow has them as test.<metric> and baseline.<baseline>.<metric>.
+# with, better direction). MLflow has them as test.<metric> and baseline.strongest.<metric>.
 KEY_METRICS = {
-    "classification": ("accuracy", "svm", "higher"),
-    "forecast": ("rmse", "ar", "lower"),
-    "regression": ("mse", "constant", "lower"),
-    "generative": ("fid", "real_vs_real", "lower"),
+    "classification": ("accuracy", "strongest", "higher"),
+    "forecast": ("rmse", "strongest", "lower"),
+    "regression": ("mse", "strongest", "lower"),
+    "generative": ("fid", "strongest", "lower"),
 }
 
 

@@ -2,9 +2,11 @@
 judge its fit, and log all of it into the MLflow run that training created.
 
 Writes three files per run:
-- ``reports/metrics/<run>.json`` (DVC metrics, what users compare across experiments): the key
-  test metrics, the baseline it is judged against, the fit verdict and the best epoch;
-- ``reports/evidence/<run>.json``: every baseline, the fit evidence and the gradient-flow summary;
+- ``reports/metrics/<run>.json`` (DVC metrics, what users compare across experiments): the test
+  metrics, the strongest baseline's score and how the run compares with it (better, no
+  significant difference, worse), the fit verdict and the best epoch;
+- ``reports/evidence/<run>.json``: every baseline, the interval and paired test against the
+  strongest, the fit evidence and the gradient-flow summary;
 - ``reports/evidence/<run>.run.json``: what differs between executions (MLflow run id and name,
   training wall time).
 
@@ -23,7 +25,8 @@ import numpy as np
 
 from deepfit import figures, tracking
 from deepfit.config import Params, RunConfig, flatten
-from deepfit.evaluate import baselines, diagnosis, metrics
+from deepfit.data import DataError
+from deepfit.evaluate import baselines, diagnosis, judge, metrics, stats
 from deepfit.evaluate.metrics import KEY_METRICS, evaluation_kind
 from deepfit.models import load_model
 from deepfit.outputs import (
@@ -74,48 +77,84 @@ def evaluate_run(
     data: Prepared,
     model_dir: Path,
     out: EvalOutputs,
+    baselines_dir: Path = Path(),
     scorer_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``run`` on the test split; write metrics, evidence, plot data, figures; log to
-    MLflow. Returns the metrics file's content."""
+    """Evaluate ``run`` on the test split beside its strongest baseline; write metrics,
+    evidence, plot data, figures; log to MLflow. Returns the metrics file's content.
+
+    ``baselines_dir`` is the repository root under which baseline@<dataset> wrote its outputs.
+    """
     summary = json.loads((model_dir / RUN_FILE).read_text())
     model = load_model(model_dir / MODEL_FILE, run.model)
     kind = evaluation_kind(run.model, params.dataset(run.dataset))
     with atomic_dir(out.plots_dir) as plots_dir, atomic_dir(out.figures_dir) as figures_dir:
-        test, found = score(kind, run, params, model, data, scorer_dir, plots_dir, figures_dir)
+        where = Where(plots_dir, figures_dir, baselines_dir, scorer_dir)
+        scored = score(kind, run, params, model, data, where)
         fit, gradients = diagnose_run(params, data, model_dir, kind)
-        scores = metrics_file(kind, test, found, fit)
+        scores = metrics_file(kind, scored, fit)
         evidence = {
-            "baselines": found,
+            "baselines": scored.baselines,
+            "strongest_baseline": scored.strongest,
+            "versus_baseline": scored.judged,
             "train": {k: summary[k] for k in ("epochs", "best_epoch", "params")},
             "fit": fit,
             "gradients": gradients,
         }
         check_finite({**scores, "evidence": evidence}, str(out.metrics))  # before MLflow
-        _log(summary, params, run, kind, test, found, fit, gradients, figures_dir)
+        _log(summary, params, run, kind, scored, fit, gradients, figures_dir)
         # Last, so a failure above leaves no metrics file.
         write_json(out.run_info, _run_info(summary))
         write_json(out.evidence, evidence)
         write_json(out.metrics, scores)
+    metric = KEY_METRICS[kind][0]
     log.info(
-        "%s: test.%s = %.4f; fit: %s (%s)",
+        "%s: test.%s = %.4f, %s than baseline %s (%.4g); fit: %s (%s)",
         run.name,
-        KEY_METRICS[kind][0],
-        test[KEY_METRICS[kind][0]],
+        metric,
+        scored.test[metric],
+        scored.judged["verdict"],
+        scored.strongest,
+        scored.baselines.get(scored.strongest, {}).get(metric, float("nan")),
         fit["verdict"],
         fit["reasons"],
     )
     return scores
 
 
-def metrics_file(
-    kind: str, test: dict[str, Any], found: dict[str, Any], fit: dict[str, Any]
-) -> dict[str, Any]:
-    """What DVC compares: the test metrics, the key baseline's score, the verdict, best epoch."""
-    metric, name, _ = KEY_METRICS[kind]
+@dataclass(frozen=True)
+class Where:
+    """Folders one evaluation reads from and writes into."""
+
+    plots_dir: Path
+    figures_dir: Path
+    baselines_dir: Path
+    scorer_dir: Path | None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Test metrics, every baseline, the strongest one, and the run judged against it."""
+
+    test: dict[str, Any]
+    baselines: dict[str, Any]
+    strongest: str
+    judged: dict[str, Any]
+
+
+def metrics_file(kind: str, scored: Scored, fit: dict[str, Any]) -> dict[str, Any]:
+    """What DVC compares: the test metrics, the strongest baseline's score and how the run
+    compares with it, the fit verdict and the best epoch."""
+    metric = KEY_METRICS[kind][0]
+    judged = scored.judged
     return {
-        "test": test,
-        "baseline": {"name": name, metric: found[name][metric]},
+        "test": scored.test,
+        "baseline": {
+            "name": scored.strongest,
+            metric: scored.baselines[scored.strongest][metric],
+            "verdict": judged["verdict"],
+            **({"p_value": judged["p_value"]} if "p_value" in judged else {}),
+        },
         "fit": {"verdict": fit["verdict"], "best_epoch": fit["best_epoch"]},
     }
 
@@ -127,16 +166,29 @@ def _run_info(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _log(summary, params, run, kind, test, found, fit, gradients, figures_dir) -> None:
-    """Test and baseline numbers, the fit verdict and the figures into training's MLflow run."""
+def _log(summary, params, run, kind, scored: Scored, fit, gradients, figures_dir) -> None:
+    """Test and baseline numbers, the comparison, the fit verdict and the figures into
+    training's MLflow run."""
+    metric = KEY_METRICS[kind][0]
+    judged = scored.judged
     with tracking.resume_run(summary["mlflow_run_id"], params.mlflow.experiment, run.name):
         import mlflow
 
         fit_metrics, fit_tags = diagnosis.mlflow_payload(fit, gradients)
-        numbers = _numbers(flatten({"test": test, "baseline": found}))
+        numbers = _numbers(flatten({"test": scored.test, "baseline": scored.baselines}))
+        numbers[f"baseline.strongest.{metric}"] = scored.baselines[scored.strongest][metric]
+        numbers[f"test.{metric}.ci_low"] = judged["ci_low"]
+        numbers[f"test.{metric}.ci_high"] = judged["ci_high"]
+        if "p_value" in judged:
+            numbers["baseline.p_value"] = judged["p_value"]
         mlflow.log_metrics({**numbers, **fit_metrics})
         mlflow.log_artifacts(str(figures_dir), artifact_path="figures/evaluation")
-        mlflow.set_tags({"deepfit.evaluation": kind, **fit_tags})
+        tags = {
+            "deepfit.evaluation": kind,
+            "deepfit.baseline.strongest": scored.strongest,
+            "deepfit.baseline.verdict": judged["verdict"],
+        }
+        mlflow.set_tags({**tags, **fit_tags})
 
 
 def diagnose_run(
@@ -155,91 +207,128 @@ def diagnose_run(
 
 
 def score(
-    kind: str,
-    run: RunConfig,
-    params: Params,
-    model: keras.Model,
-    data: Prepared,
-    scorer_dir: Path | None,
-    plots_dir: Path,
-    figures_dir: Path,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Test metrics and baselines of one kind of run; writes its plot data and figures."""
+    kind: str, run: RunConfig, params: Params, model: keras.Model, data: Prepared, where: Where
+) -> Scored:
+    """Test metrics of one kind of run, judged against its strongest baseline; writes its plot
+    data and figures."""
     if kind == "generative":
-        if scorer_dir is None:
+        if where.scorer_dir is None:
             raise ValueError("a generative run needs the scorer model (models/_scorer)")
-        return _generative(run, params, model, data, scorer_dir, plots_dir, figures_dir)
+        return _generative(run, params, model, data, where)
+    found = _dataset_baselines(run.dataset, where.baselines_dir)
     if kind == "classification":
-        return _classification(run, params, model, data, plots_dir, figures_dir)
-    if kind == "forecast":
-        return _forecast(run, model, data, plots_dir, figures_dir)
-    return _regression(run, model, data, plots_dir, figures_dir)
+        return _classification(run, params, model, data, where, found)
+    return _regression(kind, run, params, model, data, where, found)
 
 
-def _classification(run, params, model, data, plots_dir, figures_dir):
+def _dataset_baselines(dataset: str, root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What baseline@<dataset> wrote: its scores file and each baseline's test predictions."""
+    from deepfit.evaluate.baseline_run import PREDICTIONS_FILE, BaselineOutputs
+
+    out = BaselineOutputs.for_dataset(dataset, root)
+    if not out.scores.is_file():
+        raise DataError(f"{out.scores}: not found; run `dvc repro baseline@{dataset}` first")
+    scores = json.loads(out.scores.read_text())
+    with np.load(out.predictions_dir / PREDICTIONS_FILE, allow_pickle=False) as archive:
+        predictions = {name: archive[name] for name in archive.files}
+    if not scores.get("strongest"):
+        raise DataError(f"{out.scores}: no baseline declared for this dataset's family")
+    return scores, predictions
+
+
+def _classification(run, params, model, data, where: Where, found) -> Scored:
+    scores, predictions = found
     x_test, y_test = data.test
     proba = model.predict(x_test, batch_size=512, verbose=0)
-    found = metrics.classification_metrics(y_test, proba)
-    cm = found.pop("confusion")
+    test = metrics.classification_metrics(y_test, proba)
+    cm = test.pop("confusion")
+    y_pred = np.argmax(proba, axis=1)
     names = data.manifest.get("class_names") or [str(i) for i in range(proba.shape[1])]
-    pairs = zip(
-        [names[i] for i in y_test], [names[i] for i in np.argmax(proba, axis=1)], strict=True
-    )
-    write_text(plots_dir / "confusion.csv", csv_text(["actual", "predicted"], pairs))
-    figures.confusion_matrix_png(cm, names, figures_dir / "confusion.png", title=run.name)
-    baseline = baselines.classification_baselines(*data.train, x_test, y_test, params.seeds.split)
-    return found, baseline
+    pairs = zip([names[i] for i in y_test], [names[i] for i in y_pred], strict=True)
+    write_text(where.plots_dir / "confusion.csv", csv_text(["actual", "predicted"], pairs))
+    figures.confusion_matrix_png(cm, names, where.figures_dir / "confusion.png", title=run.name)
+    strongest = scores["strongest"]
+    judged = judge.classification(y_test, y_pred, predictions[strongest], params.seeds.split)
+    return Scored(test, scores["baselines"], strongest, judged)
 
 
-def _forecast(run, model, data, plots_dir, figures_dir):
-    mean, std = _scale(data)
-    x_test, y_test = data.test
-    predicted = model.predict(x_test, verbose=0).reshape(-1) * std + mean
-    actual = y_test.reshape(-1) * std + mean
-    test = metrics.regression_metrics(actual, predicted)
-    window = x_test.shape[1]
-    baseline = baselines.forecast_baselines(*data.train, x_test, y_test, mean, std, window)
-    ar_pred = baseline.get("ar", {}).pop("predictions", None)
-    years = [int(y) for y in data.extras["test"].get("years", range(len(actual)))]
-    rows = zip(years, actual.tolist(), predicted.tolist(), strict=True)
-    write_text(plots_dir / "forecast.csv", csv_text(["year", "actual", "predicted"], rows))
-    figures.forecast_png(years, actual, predicted, ar_pred, figures_dir / "forecast.png", run.name)
-    return test, baseline
-
-
-def _regression(run, model, data, plots_dir, figures_dir):
+def _regression(kind, run, params, model, data, where: Where, found) -> Scored:
+    """A forecast (sunspots, years on the x axis) or a plain regression, in original units."""
+    scores, predictions = found
     mean, std = _scale(data)
     x_test, y_test = data.test
     predicted = model.predict(x_test, batch_size=512, verbose=0).reshape(-1) * std + mean
     actual = y_test.reshape(-1) * std + mean
     test = metrics.regression_metrics(actual, predicted)
-    baseline = {"constant": baselines.constant_baseline(data.train[1] * std + mean, actual)}
-    rows = zip(actual.tolist(), predicted.tolist(), strict=True)
-    write_text(plots_dir / "predictions.csv", csv_text(["actual", "predicted"], rows))
-    figures.scatter_true_pred_png(actual, predicted, figures_dir / "predictions.png", run.name)
-    return test, baseline
+    strongest = scores["strongest"]
+    base = np.asarray(predictions[strongest], dtype=np.float64).reshape(-1)
+    judged = judge.errors(actual, predicted, base, KEY_METRICS[kind][0], params.seeds.split)
+    if kind == "forecast":
+        years = [int(y) for y in data.extras["test"].get("years", range(len(actual)))]
+        rows = zip(years, actual.tolist(), predicted.tolist(), strict=True)
+        write_text(
+            where.plots_dir / "forecast.csv", csv_text(["year", "actual", "predicted"], rows)
+        )
+        figures.forecast_png(
+            years,
+            actual,
+            predicted,
+            base,
+            where.figures_dir / "forecast.png",
+            run.name,
+            baseline_label=f"{strongest} baseline",
+        )
+    else:
+        rows = zip(actual.tolist(), predicted.tolist(), strict=True)
+        write_text(where.plots_dir / "predictions.csv", csv_text(["actual", "predicted"], rows))
+        figures.scatter_true_pred_png(
+            actual, predicted, where.figures_dir / "predictions.png", run.name
+        )
+    return Scored(test, scores["baselines"], strongest, judged)
 
 
-def _generative(run, params, model, data, scorer_dir, plots_dir, figures_dir):
+def _generative(run, params, model, data, where: Where) -> Scored:
+    """FID and class cover of the GAN's samples beside a Gaussian mixture in PCA space, both
+    scored by the fixed scorer; a nearest-training-image distance checks both for copying."""
     from deepfit.evaluate.scorer import Scorer
 
-    scorer = Scorer(scorer_dir)
+    scorer = Scorer(where.scorer_dir)
+    seed = params.seeds.split
     images = np.asarray(model.sample(GAN_SAMPLES, seed=params.seeds.train))
-    x_train, _ = data.train
-    x_test, _ = data.test
-    real_test = scorer.features(x_test)
-    fid = metrics.frechet_distance(scorer.features(images), real_test)
-    coverage = metrics.class_coverage(scorer.classes(images), data.spec.n_outputs)
-    rng = np.random.default_rng(params.seeds.split)
-    noise = rng.uniform(0, 1, size=(len(x_test), *x_test.shape[1:])).astype(x_test.dtype)
-    baseline = {
-        "real_vs_real": {"fid": metrics.frechet_distance(scorer.features(x_train), real_test)},
-        "uniform_noise": {"fid": metrics.frechet_distance(scorer.features(noise), real_test)},
+    (x_train, _), (x_val, _), (x_test, _) = data.train, data.val, data.test
+    real = scorer.features(x_test)
+    fake = scorer.features(images)
+    test = {"fid": metrics.frechet_distance(fake, real)}
+    test.update(metrics.class_coverage(scorer.classes(images), data.spec.n_outputs))
+    shares = test.pop("shares")
+    interval = stats.frechet_bootstrap(fake, real, seed=seed)
+    test["nearest_train_ratio"] = baselines.nearest_train_distance(images, x_train, x_test)["ratio"]
+    grid = params.baselines.get("generation", {}).get("gmm_pca")
+    if grid is None:
+        raise DataError("baselines.generation.gmm_pca: a generative run needs this baseline")
+    gmm = baselines.gmm_pca(x_train, x_val, x_test, scorer.features, grid, seed=seed)
+    samples = gmm.pop("samples")
+    gmm["nearest_train_ratio"] = baselines.nearest_train_distance(samples, x_train, x_test)["ratio"]
+    gmm_interval = stats.frechet_bootstrap(scorer.features(samples), real, seed=seed)
+    found = {"gmm_pca": gmm, **_references(scorer, x_train, x_test, real, seed)}
+    judged = judge.generation(interval, gmm_interval, test["fid"] < gmm["fid"])
+    write_text(
+        where.plots_dir / "class_shares.csv", csv_text(["class", "share"], enumerate(shares))
+    )
+    figures.image_grid_png(images[:100], where.figures_dir / "samples.png", run.name, ncols=10)
+    figures.image_grid_png(
+        samples[:100], where.figures_dir / "gmm_samples.png", f"{run.name}: GMM baseline", 10
+    )
+    return Scored(test, found, "gmm_pca", judged)
+
+
+def _references(scorer, x_train, x_test, real, seed: int) -> dict[str, Any]:
+    """Not baselines to beat but the scale of FID: real vs real (the floor), uniform noise."""
+    noise = np.random.default_rng(seed).uniform(0, 1, size=x_test.shape).astype(x_test.dtype)
+    return {
+        "real_vs_real": {"fid": metrics.frechet_distance(scorer.features(x_train), real)},
+        "uniform_noise": {"fid": metrics.frechet_distance(scorer.features(noise), real)},
     }
-    shares = coverage.pop("shares")
-    write_text(plots_dir / "class_shares.csv", csv_text(["class", "share"], enumerate(shares)))
-    figures.image_grid_png(images[:100], figures_dir / "samples.png", title=run.name, ncols=10)
-    return {"fid": fid, **coverage}, baseline
 
 
 def _scale(data: Prepared) -> tuple[float, float]:

@@ -41,7 +41,7 @@ _TAGS = {
     "error": "deepfit.error",
 }
 # The terminal and markdown show `name` (`<run>@<exp>`); CSV also has exp, run, run_id, start.
-_SHOWN = ["name", "model", "dataset", "status", "metric", "value", "baseline"]
+_SHOWN = ["name", "model", "dataset", "status", "metric", "value", "95% ci", "vs best", "baseline"]
 _CSV_ONLY = ["exp", "run", "run_id", "start"]
 _INFO = {"run_id": "run_id", "name": "run_name", "status": "status", "start_time": "start_time"}
 
@@ -141,6 +141,14 @@ def _with_table_columns(frame: pd.DataFrame) -> pd.DataFrame:
     frame["metric"] = [k[0] if k else None for k in keys]
     frame["value"] = [_metric(frame, i, k[0]) if k else math.nan for i, k in enumerate(keys)]
     frame["baseline"] = [_metric(frame, i, k[1]) if k else math.nan for i, k in enumerate(keys)]
+    for end in ("ci_low", "ci_high"):
+        frame[f"_{end}"] = [
+            _metric(frame, i, f"{k[0]}.{end}") if k else math.nan for i, k in enumerate(keys)
+        ]
+    frame["95% ci"] = [
+        f"[{low:.4g}, {high:.4g}]" if not (math.isnan(low) or math.isnan(high)) else ""
+        for low, high in zip(frame["_ci_low"], frame["_ci_high"], strict=True)
+    ]
     # Lower is better after this sign flip, whatever the metric's direction.
     frame["_rank"] = [
         (-v if k[2] == "higher" else v) if k else math.nan
@@ -251,7 +259,7 @@ def compare_table(frame: pd.DataFrame, options: Options) -> pd.DataFrame:
     rows = select(frame, options)
     if options.best_per:
         rows = best_per(rows, options.best_per)
-    rows = order(rows, options.sort, options.descending)
+    rows = order(rows, options.sort, options.descending).assign(**{"vs best": within_noise(rows)})
     headers = [DEFAULT_PARAMS.get(p, p) for p in options.params]
     columns = {c: c for c in _SHOWN} | {h: resolve(frame, h) for h in headers} | {"fit": "fit"}
     columns |= {key: resolve(frame, key) for key in _split(options.columns)}
@@ -262,6 +270,24 @@ def compare_table(frame: pd.DataFrame, options: Options) -> pd.DataFrame:
     table = rows[list(columns.values())].copy()
     table.columns = list(columns)
     return _hide(table.reset_index(drop=True), hidden)
+
+
+def within_noise(rows: pd.DataFrame) -> pd.Series:
+    """Per row: ``best`` for the best finished run of its dataset and key metric, ``within
+    noise`` when its 95 % interval overlaps the best one's, else ``worse``; blank without one."""
+    verdicts = pd.Series("", index=rows.index, dtype=object)
+    ranked = rows[(rows["status"] == "FINISHED") & rows["_rank"].notna()]
+    for _, group in ranked.groupby(["dataset", "metric"]):
+        best = group.sort_values(["_rank", "start_time"], ascending=[True, False]).iloc[0]
+        for index, row in group.iterrows():
+            if index == best.name:
+                verdicts[index] = "best"
+            elif math.isnan(row["_ci_low"]) or math.isnan(best["_ci_low"]):
+                continue
+            else:
+                overlap = row["_ci_low"] <= best["_ci_high"] and best["_ci_low"] <= row["_ci_high"]
+                verdicts[index] = "within noise" if overlap else "worse"
+    return verdicts
 
 
 def failed_table(frame: pd.DataFrame, options: Options) -> pd.DataFrame:

@@ -50,7 +50,8 @@ def summary_rows(params: Params, reports: Path) -> list[dict[str, Any]]:
                 "metric": f"test.{metric}",
                 "value": scores["test"].get(metric),
                 "baseline": scores["baseline"].get(metric),
-                "baseline_name": _baseline_name(kind),
+                "baseline_name": scores["baseline"].get("name"),
+                "versus": evidence.get("versus_baseline", {}),
                 "better": better,
                 "epochs": train.get("epochs"),
                 "best_epoch": train.get("best_epoch"),
@@ -68,20 +69,48 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The key test metric with its 95 % interval beside the strongest baseline, and the verdict
+    of the paired test between them."""
     header = (
-        "| run | model | dataset | metric | value | baseline | model vs baseline "
-        "| epochs (best) | parameters | train time |\n"
+        "| run | model | dataset | metric | value [95 % interval] | strongest baseline "
+        "| model vs baseline | epochs (best) | parameters | train time |\n"
         "|---|---|---|---|---:|---:|---|---:|---:|---:|\n"
     )
     lines = []
     for r in rows:
+        versus = r["versus"]
+        interval = f" [{_num(versus['ci_low'])}, {_num(versus['ci_high'])}]" if versus else ""
         lines.append(
             f"| {r['run']} | {r['model']} | {r['dataset']} | {r['metric']} "
-            f"| {_num(r['value'])} | {_num(r['baseline'])} ({r['baseline_name']}) "
-            f"| {_verdict(r)} | {r['epochs']} ({r['best_epoch']}) | {r['params']:,} "
+            f"| {_num(r['value'])}{interval} | {_num(r['baseline'])} ({r['baseline_name']}) "
+            f"| {_versus(versus)} | {r['epochs']} ({r['best_epoch']}) | {r['params']:,} "
             f"| {_seconds(r['seconds'])} |"
         )
     return header + "\n".join(lines) + "\n"
+
+
+def plain_words(rows: list[dict[str, Any]]) -> str:
+    """One sentence per run that does not beat its baseline: losing is reported as losing."""
+    lines = []
+    for r in rows:
+        verdict = r["versus"].get("verdict")
+        if verdict in (None, "better"):
+            continue
+        what = "loses to" if verdict == "worse" else "does not beat"
+        lines.append(
+            f"- **{r['run']} {what} its baseline**: {r['metric']} {_num(r['value'])} against "
+            f"{_num(r['baseline'])} for {r['baseline_name']} ({verdict})."
+        )
+    return ("\n".join(lines) + "\n") if lines else "Every run beats its strongest baseline.\n"
+
+
+def _versus(versus: dict[str, Any]) -> str:
+    """``better (p = 0.003)``, in words; a GAN's FID intervals have no p-value."""
+    if not versus:
+        return "n/a"
+    if "p_value" in versus:
+        return f"**{versus['verdict']}** (p = {versus['p_value']:.2g}, {versus['test']})"
+    return f"**{versus['verdict']}** (intervals of both)"
 
 
 def fit_table(rows: list[dict[str, Any]]) -> str:
@@ -121,9 +150,13 @@ def write_report(params: Params, reports: Path = Path("reports")) -> Path:
     )
     text = (
         "# deepfit summary\n\n"
-        "Each run's key test metric beside its baseline on the same split "
-        "(`reports/metrics/<run>.json` has every number).\n\n"
+        "Each run's key test metric, with its 95 % interval, beside the strongest of the "
+        "classical baselines tuned on the same split (`reports/baselines/<dataset>.json`), and a "
+        "paired test on the same test items (`reports/evidence/<run>.json` has every number). "
+        "A run is called better or worse only when p < 0.05.\n\n"
         + markdown_table(rows)
+        + "\n"
+        + plain_words(rows)
         + "\n## Fit\n\n"
         "Verdicts from each run's per-epoch history (rules and thresholds: README, "
         '"Reading the fit"; params `fit:`). Skill is 1 - loss / the constant predictor\'s loss; '
@@ -133,28 +166,6 @@ def write_report(params: Params, reports: Path = Path("reports")) -> Path:
         + f"\n![learning curves of all runs]({figure.relative_to(reports)})\n"
     )
     return write_text(reports / "summary.md", text)
-
-
-def _baseline_name(kind: str) -> str:
-    return {
-        "classification": "SVM",
-        "forecast": "AR",
-        "regression": "constant",
-        "generative": "real vs real",
-    }[kind]
-
-
-def _verdict(row: dict[str, Any]) -> str:
-    """How the run compares with its baseline: points for accuracy, a ratio for errors."""
-    value, baseline = row["value"], row["baseline"]
-    if value is None or baseline is None:
-        return "n/a"
-    if row["better"] == "higher":
-        return f"{(value - baseline) * 100:+.1f} pts"
-    if not baseline:
-        return "n/a"
-    ratio = value / baseline
-    return f"{ratio:.2f}× baseline" if ratio >= 0.1 else f"{ratio:.1g}× baseline"
 
 
 def _seconds(value: float | None) -> str:

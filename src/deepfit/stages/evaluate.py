@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         from deepfit.evaluate.run import EvalOutputs, evaluate_run
 
         out = EvalOutputs.for_run(run.name)
-        evaluate_run(run, params, data, Path("models") / run.name, out, Path(args.scorer))
+        evaluate_run(run, params, data, Path("models") / run.name, out, Path(), Path(args.scorer))
         log.info("%s: metrics in %s", run.name, out.metrics)
     return 0
 

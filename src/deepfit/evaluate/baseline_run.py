@@ -1,0 +1,95 @@
+"""baseline@<dataset>: the classical baselines of a dataset's family, tuned on its validation split.
+
+Writes ``reports/baselines/<dataset>.json`` (each baseline's chosen hyper-parameters, validation
+and test scores, and the strongest) and ``models/baselines/<dataset>/predictions.npz`` (each
+baseline's test predictions, for the paired tests of evaluate@<run>). No TensorFlow: the Gaussian
+mixture baseline of a GAN needs the scorer's features, so evaluate@<run> fits that one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deepfit.config import BaselineGrids
+from deepfit.evaluate import baselines
+from deepfit.outputs import atomic_dir, write_json
+
+if TYPE_CHECKING:
+    from deepfit.data import Prepared
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "predictions.npz"
+# Each family's score for choosing the strongest, and which way is better.
+FAMILY_METRIC = {
+    "classification": ("accuracy", "higher"),
+    "forecast": ("rmse", "lower"),
+    "regression": ("mse", "lower"),
+}
+
+
+@dataclass(frozen=True)
+class BaselineOutputs:
+    scores: Path
+    predictions_dir: Path
+
+    @classmethod
+    def for_dataset(cls, name: str, root: Path = Path()) -> BaselineOutputs:
+        return cls(
+            scores=root / "reports" / "baselines" / f"{name}.json",
+            predictions_dir=root / "models" / "baselines" / name,
+        )
+
+
+def family_of(dataset: Any) -> str:
+    """classification, forecast (a windowed series) or regression: from the dataset's config."""
+    _, task = dataset.kind_and_task()
+    if task == "classification":
+        return "classification"
+    return "forecast" if dataset.source == "sunspots" else "regression"
+
+
+def run_baselines(
+    name: str, family: str, grids: BaselineGrids, data: Prepared, seed: int, out: BaselineOutputs
+) -> dict[str, Any]:
+    """Fit every baseline of ``family`` declared in params; write scores and predictions."""
+    declared = grids.get(family, {})
+    found, predictions = {}, {}
+    for baseline, grid in declared.items():
+        result = _fit(family, baseline, grid, data, seed)
+        predictions[baseline] = np.asarray(result.pop("predictions"))
+        found[baseline] = result
+        log.info("%s: %s %s", name, baseline, _brief(result, family))
+    metric, direction = FAMILY_METRIC[family]
+    scores = {
+        "family": family,
+        "metric": metric,
+        "direction": direction,
+        "strongest": baselines.strongest(found, direction, metric) if found else None,
+        "baselines": found,
+    }
+    with atomic_dir(out.predictions_dir) as staging:
+        np.savez(staging / PREDICTIONS_FILE, **predictions)
+        write_json(out.scores, scores)
+    return scores
+
+
+def _fit(family: str, baseline: str, grid: dict, data: Prepared, seed: int) -> dict[str, Any]:
+    fit = getattr(baselines, baseline)
+    if family == "classification":
+        return fit(data.train, data.val, data.test, grid or {}, seed=seed)
+    scale = data.manifest.get("target_scale") or {}
+    mean, std = float(scale.get("mean", 0.0)), float(scale.get("std", 1.0))
+    if not grid and baseline in ("persistence", "constant"):
+        return fit(data.train, data.val, data.test, mean, std)
+    return fit(data.train, data.val, data.test, mean, std, grid)
+
+
+def _brief(result: dict[str, Any], family: str) -> str:
+    metric, _ = FAMILY_METRIC[family]
+    return f"{metric} {result[metric]:.4g} (params {result.get('params', {})})"
