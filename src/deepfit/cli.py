@@ -231,10 +231,8 @@ def _diagnose(args: argparse.Namespace) -> int:
             if key not in ("verdict", "reasons"):
                 print(f"  {key}: {_number(value)}")
     if args.figure:
-        from deepfit import figures
-
         try:
-            written = figures.run_curves_png(history, args.figure, args.path.stem)
+            written = diagnosis.fit_figure(history, fit, fit_cfg, args.figure, args.path.stem)
         except OSError as exc:
             _diagnose_error(f"{args.figure}: cannot write the figure ({exc.strerror})")
         print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)

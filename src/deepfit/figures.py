@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -300,3 +301,37 @@ def colors() -> list[str]:
 def empty_panel(ax: Axes, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
+
+
+def fit_png(
+    losses: tuple[Sequence[float], Sequence[float]],
+    smoothed_val: Sequence[float],
+    fit: Mapping[str, object],
+    noise_multiple: float,
+    path: str | os.PathLike[str],
+    title: str,
+) -> Path:
+    """The fit verdict drawn on the loss curves: training and validation loss, the smoothed
+    validation curve the rules read, its best epoch and the noise band above it; the verdict
+    and its reasons in the title."""
+    train, val = losses
+    epochs = range(1, len(train) + 1)
+    fig = new_figure((8.0, 4.6))
+    ax = fig.add_subplot()
+    ax.plot(epochs, train, color="tab:blue", label="training loss")
+    ax.plot(epochs, val, color="tab:orange", ls="--", alpha=0.6, label="validation loss")
+    ax.plot(epochs, smoothed_val, color="tab:orange", lw=2.2, label="validation, smoothed")
+    best, level, noise = fit.get("best_epoch"), fit.get("smoothed_val_best"), fit.get("val_noise")
+    if isinstance(best, int) and isinstance(level, float) and isinstance(noise, float):
+        ax.axvline(best, color="0.4", lw=1, ls=":", label=f"best epoch {best}")
+        top = level + noise_multiple * noise
+        ax.axhspan(
+            level, top, color="tab:orange", alpha=0.12, label=f"best + {noise_multiple:g}× noise"
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    reasons = "\n".join(textwrap.wrap(str(fit.get("reasons", "")), 110))
+    ax.set_title(f"{title}: {fit.get('verdict', '?')}\n{reasons}", fontsize=8, loc="left")
+    return save_png(fig, path)

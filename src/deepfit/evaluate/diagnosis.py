@@ -301,6 +301,24 @@ def _good_reason(e: Mapping[str, Any], cfg: FitConfig, generative: bool) -> str:
     )
 
 
+def fit_figure(
+    history: Mapping[str, Sequence[float]],
+    fit: Mapping[str, Any],
+    cfg: FitConfig,
+    path: str | Path,
+    title: str,
+) -> Path:
+    """The verdict drawn on the loss curves (``deepfit.figures.fit_png``): what the rules saw."""
+    from deepfit import figures
+
+    monitor = "loss" if "loss" in history else "d_loss"
+    train, val = list(history[monitor]), list(history[f"val_{monitor}"])
+    window = smoothing_window(len(val), cfg.smoothing)
+    finite = [v for v in val if math.isfinite(v)] or [math.nan]
+    smoothed = smooth(finite, window) + [math.nan] * (len(val) - len(finite))
+    return figures.fit_png((train, val), smoothed, fit, cfg.noise_multiple, path, title)
+
+
 def read_history(path: str | Path) -> dict[str, list[float]]:
     """Per-epoch curves from a Keras ``CSVLogger`` file or a history JSON (``{"loss": [...]}``).
 

@@ -92,7 +92,9 @@ def evaluate_run(
         where = Where(plots_dir, figures_dir, baselines_dir, scorer_dir)
         scored = score(kind, run, params, model, data, where)
         fit, gradients = diagnose_run(params, data, model_dir, kind)
-        scores = metrics_file(kind, scored, fit)
+        history = json.loads((model_dir / HISTORY_FILE).read_text())
+        diagnosis.fit_figure(history, fit, params.fit, where.figures_dir / "fit.png", run.name)
+        scores = metrics_file(kind, scored, fit, summary["best_epoch"])
         evidence = {
             "baselines": scored.baselines,
             "strongest_baseline": scored.strongest,
@@ -109,13 +111,13 @@ def evaluate_run(
         write_json(out.metrics, scores)
     metric = KEY_METRICS[kind][0]
     log.info(
-        "%s: test.%s = %.4f, %s than baseline %s (%.4g); fit: %s (%s)",
+        "%s: test.%s = %.4f; strongest baseline %s %.4g: %s; fit: %s (%s)",
         run.name,
         metric,
         scored.test[metric],
-        scored.judged["verdict"],
         scored.strongest,
         scored.baselines.get(scored.strongest, {}).get(metric, float("nan")),
+        scored.judged["verdict"],
         fit["verdict"],
         fit["reasons"],
     )
@@ -142,9 +144,9 @@ class Scored:
     judged: dict[str, Any]
 
 
-def metrics_file(kind: str, scored: Scored, fit: dict[str, Any]) -> dict[str, Any]:
+def metrics_file(kind: str, scored: Scored, fit: dict[str, Any], kept: int) -> dict[str, Any]:
     """What DVC compares: the test metrics, the strongest baseline's score and how the run
-    compares with it, the fit verdict and the best epoch."""
+    compares with it, the fit verdict and the best epoch (whose weights the model kept)."""
     metric = KEY_METRICS[kind][0]
     judged = scored.judged
     return {
@@ -155,7 +157,7 @@ def metrics_file(kind: str, scored: Scored, fit: dict[str, Any]) -> dict[str, An
             "verdict": judged["verdict"],
             **({"p_value": judged["p_value"]} if "p_value" in judged else {}),
         },
-        "fit": {"verdict": fit["verdict"], "best_epoch": fit["best_epoch"]},
+        "fit": {"verdict": fit["verdict"], "best_epoch": kept},
     }
 
 
