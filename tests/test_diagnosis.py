@@ -1,22 +1,34 @@
-"""Fit verdicts on hand-made histories, one per verdict, and the gradient-flow summary."""
+"""Fit verdicts: rules on hand-made histories, a labelled set of synthetic and real histories
+(100 % agreement, stable under tiny changes), reading history files, and ``deepfit diagnose``."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from deepfit import cli
 from deepfit.config import FitConfig
 from deepfit.evaluate.diagnosis import (
     GAN_REFERENCE_LOSS,
+    VERDICTS,
+    HistoryError,
     diagnose,
     gradient_summary,
     mlflow_payload,
+    noise,
+    read_history,
     reference_losses,
+    smooth,
+    smoothing_window,
 )
 
-CFG = FitConfig()  # underfit_skill 0.5, overfit_gap 0.1, overfit_rise 0.1, diverged_rise 0.5
+CFG = FitConfig()  # the defaults of params.yaml's fit: block
 REF = (2.0, 2.0)  # constant predictor's loss on training and validation splits
 
 
@@ -24,7 +36,20 @@ def history(train, val, **more):
     return {"loss": list(train), "val_loss": list(val), **more}
 
 
-def test_good_fit_judged_at_the_best_epoch_with_its_evidence():
+def test_smoothing_is_a_running_median_whose_window_keeps_its_size_at_the_ends():
+    assert smooth([1, 9, 2, 3, 4, 50], 3) == [2, 2, 3, 3, 4, 4]
+    assert smooth([5.0, 1.0], 1) == [5.0, 1.0]
+    assert [smoothing_window(n, 5) for n in (3, 7, 8, 12, 16, 20, 60)] == [1, 1, 1, 3, 3, 5, 5]
+
+
+def test_noise_is_the_robust_deviation_of_the_last_half_and_ignores_a_straight_trend():
+    rng = np.random.default_rng(0)
+    assert noise(list(rng.normal(0, 0.1, 400))) == pytest.approx(0.1, rel=0.15)
+    assert noise([1.0 - 0.01 * t for t in range(40)]) == pytest.approx(0.0, abs=1e-12)
+    assert noise([1.0, 0.5]) == 0.0
+
+
+def test_good_fit_judged_at_the_best_smoothed_epoch_with_its_evidence():
     h = history(
         [1.5, 0.6, 0.3, 0.2, 0.18],
         [1.4, 0.7, 0.35, 0.26, 0.27],
@@ -33,25 +58,39 @@ def test_good_fit_judged_at_the_best_epoch_with_its_evidence():
     )
     fit = diagnose(h, CFG, REF, metric="accuracy")
     assert fit["verdict"] == "good"
-    assert fit["best_epoch"] == 4 and fit["epochs"] == 5
+    assert fit["best_epoch"] == 4 and fit["epochs"] == 5 and fit["smoothing"] == 1
     assert fit["val_loss_best"] == 0.26 and fit["val_loss_last"] == 0.27
     assert fit["gap_best"] == pytest.approx(0.06) and fit["gap_last"] == pytest.approx(0.09)
     assert fit["val_rise"] == pytest.approx(0.01 / 0.26)
+    assert fit["rise_skill"] == pytest.approx(0.005) and fit["rise_epochs"] == 0
     assert fit["train_skill"] == pytest.approx(0.9) and fit["val_skill"] == pytest.approx(0.87)
     assert fit["skill_gap"] == pytest.approx(0.03)
     assert fit["val_accuracy_best"] == 0.93 and fit["val_accuracy_last"] == 0.92
     assert fit["train_accuracy_best"] == 0.95 and fit["train_accuracy_last"] == 0.96
     assert "best epoch 4 of 5" in fit["reasons"]
+    assert "training skill 0.90, validation skill 0.87" in fit["reasons"]
 
 
-def test_validation_loss_rising_after_its_best_epoch_is_overfitting():
-    # Training loss keeps falling; validation turns up after epoch 3 (the classic U).
+def test_a_lasting_rise_of_validation_loss_after_its_best_epoch_is_overfitting():
+    # Training loss keeps falling; validation turns up after epoch 3 for three epochs (the U).
     h = history([1.0, 0.5, 0.3, 0.15, 0.08, 0.04], [1.0, 0.6, 0.4, 0.42, 0.46, 0.5])
     fit = diagnose(h, CFG, REF)
     assert fit["verdict"] == "overfit"
-    assert fit["best_epoch"] == 3
-    assert fit["val_rise"] == pytest.approx(0.25)
-    assert "validation loss rose 25% after its best epoch 3" in fit["reasons"]
+    assert fit["best_epoch"] == 3 and fit["rise_epochs"] == 3
+    assert fit["rise_skill"] == pytest.approx(0.05)
+    assert "smoothed validation loss rose 0.1 (25%, 0.050 in skill; limit 0.002)" in fit["reasons"]
+    assert "from 0.4 at its best epoch 3" in fit["reasons"]
+    assert "for the last 3 epochs (limit 3) while training loss kept learning" in fit["reasons"]
+
+
+def test_a_rise_that_has_not_lasted_or_is_small_in_skill_is_not_overfitting():
+    short = history([1.0, 0.5, 0.3, 0.15, 0.08, 0.04], [1.0, 0.6, 0.4, 0.2, 0.25, 0.35])
+    assert diagnose(short, CFG, REF)["rise_epochs"] == 1
+    assert diagnose(short, CFG, REF)["verdict"] == "good"
+    small = history([1.0, 0.5, 0.3, 0.15, 0.08, 0.04], [1.0, 0.6, 0.4, 0.401, 0.402, 0.403])
+    assert diagnose(small, CFG, REF)["rise_epochs"] == 3
+    assert diagnose(small, CFG, REF)["rise_skill"] == pytest.approx(0.0015)
+    assert diagnose(small, CFG, REF)["verdict"] == "good"
 
 
 def test_large_skill_gap_is_overfitting_even_without_a_rise():
@@ -74,9 +113,9 @@ def test_gap_is_measured_in_skill_so_a_harder_validation_split_is_not_overfittin
 
 def test_validation_and_training_loss_rising_together_is_not_overfitting():
     # Both turn up after epoch 3 (a noisy optimiser late in training), no U-shape.
-    h = history([1.0, 0.5, 0.3, 0.32, 0.35, 0.36], [1.0, 0.6, 0.4, 0.42, 0.46, 0.5])
+    h = history([1.0, 0.5, 0.3, 0.32, 0.35, 0.38], [1.0, 0.6, 0.4, 0.42, 0.46, 0.5])
     fit = diagnose(h, CFG, REF)
-    assert fit["val_rise"] == pytest.approx(0.25)
+    assert fit["rise_epochs"] == 3 and fit["train_rise"] == pytest.approx(0.08)
     assert fit["verdict"] == "good"
 
 
@@ -97,7 +136,8 @@ def test_training_loss_near_the_constant_predictor_is_underfitting():
 
 def test_nan_loss_or_a_blown_up_training_loss_is_divergence():
     nan = diagnose(history([1.0, 0.5, math.nan], [1.0, 0.6, math.nan]), CFG, REF)
-    assert nan["verdict"] == "diverged" and nan["best_epoch"] == 2
+    assert nan["verdict"] == "diverged" and nan["best_epoch"] == 2 and nan["epochs"] == 3
+    assert nan["reasons"] == "a loss became NaN or infinite at epoch 3"
     # Back from 0.3 to 1.5: 1.2 of the 1.7 between the lowest and the constant's 2.0.
     blown = diagnose(history([1.0, 0.3, 1.5], [1.0, 0.4, 1.6]), CFG, REF)
     assert blown["verdict"] == "diverged"
@@ -105,15 +145,29 @@ def test_nan_loss_or_a_blown_up_training_loss_is_divergence():
     # Tripling a tiny loss (dropout noise) is no divergence.
     noisy = diagnose(history([1.0, 0.01, 0.03], [1.0, 0.2, 0.21]), CFG, REF)
     assert noisy["verdict"] != "diverged"
+    first = diagnose(history([math.nan, 1.0], [1.0, 1.0]), CFG, REF)
+    assert first["verdict"] == "diverged" and first["epochs"] == 2
 
 
 def test_thresholds_come_from_params():
-    h = history([1.0, 0.5, 0.3, 0.2], [1.0, 0.6, 0.4, 0.43])  # 7.5% rise
-    assert diagnose(h, CFG, REF)["verdict"] == "good"
-    strict = FitConfig(overfit_rise=0.05)
-    assert diagnose(h, strict, REF)["verdict"] == "overfit"
-    lenient = FitConfig(underfit_skill=0.95)
-    assert diagnose(h, lenient, REF)["verdict"] == "underfit"
+    h = history([1.0, 0.5, 0.3, 0.2, 0.15, 0.1], [1.0, 0.6, 0.4, 0.401, 0.402, 0.403])
+    assert diagnose(h, CFG, REF)["verdict"] == "good"  # rise 0.0015 in skill
+    assert diagnose(h, FitConfig(overfit_rise_skill=0.001), REF)["verdict"] == "overfit"
+    assert diagnose(h, FitConfig(underfit_skill=0.97), REF)["verdict"] == "underfit"
+    lasting = history([1.0, 0.5, 0.3, 0.15, 0.08, 0.04], [1.0, 0.6, 0.4, 0.2, 0.25, 0.35])
+    assert diagnose(lasting, FitConfig(min_rise_epochs=1), REF)["verdict"] == "overfit"
+    assert diagnose(lasting, FitConfig(noise_multiple=1e9), REF)["rise_epochs"] == 0
+
+
+def test_without_a_reference_only_the_curves_are_judged():
+    u_shape = history([1.0, 0.5, 0.3, 0.15, 0.08, 0.04], [1.0, 0.6, 0.4, 0.42, 0.46, 0.5])
+    fit = diagnose(u_shape, CFG)
+    assert fit["verdict"] == "overfit" and fit["train_skill"] is None
+    assert fit["reasons"].endswith(
+        "skill rules (climb back, rise in skill, skill gap, underfit) skipped"
+    )
+    flat = diagnose(history([2.3, 2.3, 2.3], [2.3, 2.3, 2.3]), CFG)
+    assert flat["verdict"] == "good" and "no reference loss" in flat["reasons"]
 
 
 def test_gan_is_judged_on_the_discriminator_without_rise_or_underfit_rules():
@@ -133,6 +187,11 @@ def test_malformed_history_or_reference_is_refused():
         diagnose({"loss": [1.0], "val_loss": []}, CFG, REF)
     with pytest.raises(ValueError, match="positive reference"):
         diagnose(history([1.0], [1.0]), CFG, (0.0, 1.0))
+
+
+def test_fit_config_wants_an_odd_smoothing_window():
+    with pytest.raises(ValueError, match="smoothing must be an odd number of epochs, not 4"):
+        FitConfig(smoothing=4)
 
 
 def test_reference_losses_are_the_constant_predictor():
@@ -171,3 +230,394 @@ def test_mlflow_payload_has_sortable_metrics_and_verdict_tags():
     assert "fit.verdict" not in metrics and "gradients.first_to_last" not in metrics
     assert tags["deepfit.fit.verdict"] == fit["verdict"]
     assert tags["deepfit.gradients.vanished"] == "none"
+
+
+# --- The labelled set: histories an expert has read, with the verdict they would give ---------
+
+HISTORIES = Path(__file__).parent / "data" / "histories"
+CLS = (2.3, 2.3)  # ln 10: ten balanced classes
+
+
+def curve(epochs, floor, start, tau, noise, seed, rise_from=None, rise_per_epoch=0.0):
+    """A seeded learning curve: exponential decay to ``floor`` plus Gaussian noise, optionally
+    rising linearly from epoch ``rise_from`` (0-based) on."""
+    t = np.arange(epochs)
+    values = floor + (start - floor) * np.exp(-t / tau)
+    if rise_from is not None:
+        values = values + rise_per_epoch * np.maximum(t - rise_from, 0)
+    values = values + np.random.default_rng(seed).normal(0, noise, epochs)
+    return [float(v) for v in np.maximum(values, 1e-4)]
+
+
+def _with(values, index, value):
+    values = list(values)
+    values[index] = value
+    return values
+
+
+def synthetic():
+    """(name, label, history, reference, generative) for each hand-made case."""
+    good_train = curve(60, 0.05, 2.3, 5, 0.004, 1)
+    good_val = curve(60, 0.08, 2.3, 5, 0.008, 2)
+    return [
+        ("noisy_good", "good", history(good_train, good_val), CLS, False),
+        # The cnn case: the last two epochs rise 11 % on a loss 40 times below the constant's.
+        (
+            "last_two_epochs_rise",
+            "good",
+            history(good_train, [*good_val[:-2], 0.0446, 0.0501]),
+            CLS,
+            False,
+        ),
+        ("late_single_spike", "good", history(good_train, _with(good_val, -1, 0.3)), CLS, False),
+        ("late_training_spike", "good", history(_with(good_train, -1, 0.6), good_val), CLS, False),
+        ("mid_spike", "good", history(good_train, _with(good_val, 30, 0.5)), CLS, False),
+        # The rnn case: 30 validation years, a loss wobbling around 0.5 while training is flat.
+        (
+            "wobbling_plateau",
+            "good",
+            history(curve(20, 0.13, 0.5, 2, 0.006, 3), curve(20, 0.5, 0.7, 2, 0.03, 4)),
+            (1.0, 3.3),
+            False,
+        ),
+        (
+            "still_improving",
+            "good",
+            history(curve(8, 0.3, 2.3, 3, 0.01, 5), curve(8, 0.35, 2.3, 3, 0.01, 6)),
+            CLS,
+            False,
+        ),
+        (
+            "harder_validation_split",
+            "good",
+            history(curve(30, 0.1, 1.0, 4, 0.005, 7), curve(30, 0.3, 3.0, 4, 0.015, 8)),
+            (1.0, 3.0),
+            False,
+        ),
+        (
+            "tiny_drift",
+            "good",
+            history(good_train, curve(60, 0.08, 2.3, 5, 0.008, 2, 20, 0.0002)),
+            CLS,
+            False,
+        ),
+        (
+            "u_shaped",
+            "overfit",
+            history(
+                curve(50, 0.005, 2.3, 4, 0.002, 9), curve(50, 0.25, 2.3, 4, 0.01, 10, 15, 0.02)
+            ),
+            CLS,
+            False,
+        ),
+        (
+            "noisy_u_shaped",
+            "overfit",
+            history(
+                curve(50, 0.005, 2.3, 4, 0.002, 11), curve(50, 0.3, 2.3, 4, 0.05, 12, 15, 0.02)
+            ),
+            CLS,
+            False,
+        ),
+        (
+            "slow_drift",
+            "overfit",
+            history(good_train, curve(60, 0.08, 2.3, 5, 0.008, 2, 20, 0.003)),
+            CLS,
+            False,
+        ),
+        (
+            "big_skill_gap",
+            "overfit",
+            history(curve(40, 0.01, 2.3, 4, 0.002, 13), curve(40, 0.9, 2.3, 4, 0.01, 14)),
+            CLS,
+            False,
+        ),
+        (
+            "flat_near_constant",
+            "underfit",
+            history(curve(30, 2.1, 2.3, 3, 0.01, 15), curve(30, 2.12, 2.3, 3, 0.01, 16)),
+            CLS,
+            False,
+        ),
+        (
+            "slow_learner",
+            "underfit",
+            history(curve(30, 1.2, 2.3, 20, 0.01, 17), curve(30, 1.25, 2.3, 20, 0.01, 18)),
+            CLS,
+            False,
+        ),
+        (
+            "wobbling_at_constant",
+            "underfit",
+            history(curve(15, 0.175, 0.2, 2, 0.004, 19), curve(15, 0.17, 0.2, 2, 0.004, 20)),
+            (0.178, 0.167),
+            False,
+        ),
+        ("nan", "diverged", history(_with(good_train, 40, math.nan), good_val), CLS, False),
+        (
+            "infinite_validation",
+            "diverged",
+            history(good_train, _with(good_val, 10, math.inf)),
+            CLS,
+            False,
+        ),
+        (
+            "climbing_back",
+            "diverged",
+            history(
+                curve(20, 0.1, 2.3, 3, 0.005, 21) + curve(20, 2.0, 0.3, 4, 0.02, 22),
+                curve(20, 0.15, 2.3, 3, 0.01, 23) + curve(20, 2.1, 0.4, 4, 0.02, 24),
+            ),
+            CLS,
+            False,
+        ),
+        (
+            "gan_near_chance",
+            "good",
+            {
+                "d_loss": curve(40, 1.28, 0.8, 8, 0.015, 25),
+                "val_d_loss": curve(40, 1.24, 0.5, 8, 0.015, 26),
+            },
+            None,
+            True,
+        ),
+        (
+            "gan_memorising",
+            "overfit",
+            {
+                "d_loss": curve(40, 0.3, 1.3, 8, 0.015, 27),
+                "val_d_loss": curve(40, 1.0, 1.3, 8, 0.015, 28),
+            },
+            None,
+            True,
+        ),
+        (
+            "gan_nan",
+            "diverged",
+            {
+                "d_loss": _with(curve(20, 1.2, 0.8, 5, 0.02, 29), 12, math.nan),
+                "val_d_loss": curve(20, 1.2, 0.8, 5, 0.02, 30),
+            },
+            None,
+            True,
+        ),
+    ]
+
+
+# Real histories of a pipeline run with the default params (tests/data/histories/README.md).
+REAL = [
+    ("fnn", "good"),  # val loss still falling at 30 epochs; skill 0.98 / 0.96
+    ("cnn", "good"),  # training and validation curves on top of each other (skill 0.98 / 0.98)
+    ("rnn", "good"),  # training flat, validation wobbling around 0.5 (skill 0.87 / 0.85)
+    ("lstm", "good"),  # validation noisy but no lasting rise (skill 0.87 / 0.90)
+    ("rnn_adding", "underfit"),  # never beats the constant predictor (skill -0.01)
+    ("lstm_adding", "good"),  # solves the task (skill 0.99); one late spike in val loss
+    ("gan", "good"),  # discriminator 1.29 / 1.24 against chance 1.39, no gap
+    ("capacity_width_1", "underfit"),
+    ("capacity_width_1024", "overfit"),
+    ("regularisation_none", "overfit"),
+    ("regularisation_l2", "good"),
+    ("activation_sigmoid", "underfit"),
+]
+
+
+def real():
+    cases = []
+    for name, label in REAL:
+        fixture = json.loads((HISTORIES / f"{name}.json").read_text())
+        reference = tuple(fixture["reference"]) if fixture["reference"] else None
+        cases.append((name, label, fixture["history"], reference, fixture["generative"]))
+    return cases
+
+
+LABELLED = synthetic() + real()
+
+
+def judge(case, history_=None):
+    _, _, h, reference, generative = case
+    return diagnose(history_ or h, CFG, reference, generative)
+
+
+@pytest.mark.parametrize("case", LABELLED, ids=[c[0] for c in LABELLED])
+def test_labelled_histories_get_the_experts_verdict(case):
+    fit = judge(case)
+    assert fit["verdict"] == case[1], fit["reasons"]
+
+
+def test_labelled_set_is_large_and_covers_every_verdict():
+    assert len(LABELLED) >= 20
+    assert {c[1] for c in LABELLED} == set(VERDICTS)
+
+
+@pytest.mark.parametrize("case", LABELLED, ids=[c[0] for c in LABELLED])
+def test_no_verdict_flips_when_one_loss_moves_by_one_percent_of_its_noise(case):
+    _, label, h, _, generative = case
+    monitor = "d_loss" if generative else "loss"
+    for key in (monitor, f"val_{monitor}"):
+        step = 0.01 * noise([v for v in h[key] if math.isfinite(v)])
+        for i in range(len(h[key])):
+            for sign in (1, -1):
+                moved = {**h, key: _with(h[key], i, h[key][i] + sign * step)}
+                assert judge(case, moved)["verdict"] == label, (key, i, sign)
+
+
+# --- Reading history files and `deepfit diagnose` ---------------------------------------------
+
+CSV_GOOD = "epoch,accuracy,loss,val_accuracy,val_loss\n" + "".join(
+    f"{i},{0.5 + 0.04 * i},{2.0 / (i + 1)},{0.5 + 0.04 * i},{2.1 / (i + 1)}\n" for i in range(10)
+)
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_read_history_reads_a_csvlogger_file_and_a_history_json(tmp_path):
+    from_csv = read_history(write(tmp_path, "log.csv", CSV_GOOD))
+    assert list(from_csv) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    assert from_csv["loss"][:2] == [2.0, 1.0] and len(from_csv["val_loss"]) == 10
+    from_json = read_history(write(tmp_path, "h.json", json.dumps(from_csv)))
+    assert from_json == from_csv
+    diverged = read_history(write(tmp_path, "nan.csv", "epoch,loss,val_loss\n0,1.0,nan\n"))
+    assert math.isnan(diverged["val_loss"][0])  # a NaN loss is evidence, not a broken file
+    gan = read_history(write(tmp_path, "gan.json", '{"d_loss": [1.0], "val_d_loss": [1.1]}'))
+    assert gan == {"d_loss": [1.0], "val_d_loss": [1.1]}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("empty.csv", "", "empty file"),
+        ("blank.json", "  \n", "empty file"),
+        ("header.csv", "epoch,loss,val_loss\n", "no epochs (header only)"),
+        ("noval.csv", "epoch,loss\n0,1.0\n", "no 'val_loss' column (found: loss)"),
+        ("noloss.json", '{"val_loss": [1.0]}', "no 'loss' key (found: val_loss)"),
+        (
+            "cell.csv",
+            "epoch,loss,val_loss\n0,1.0,0.9\n1,0.5,abc\n",
+            "line 3, column 'val_loss': 'abc' is no number",
+        ),
+        (
+            "blankcell.csv",
+            "epoch,loss,val_loss\n0,,0.9\n",
+            "line 2, column 'loss': '' is no number",
+        ),
+        ("short.csv", "epoch,loss,val_loss\n0,1.0\n", "line 2 has 2 cells, the header 3"),
+        (
+            "prose.txt",
+            "hello world\n",
+            "not a CSV history (line 1 is no header like epoch,loss,...)",
+        ),
+        ("bad.json", '{"loss": [1.0,', "not valid JSON (line 1: Expecting value)"),
+        ("list.json", "[1, 2]", 'expected a JSON object like {"loss": [...], ...}'),
+        (
+            "null.json",
+            '{"loss": [1.0, null], "val_loss": [1.0, 1.0]}',
+            "key 'loss', epoch 2: None is no number",
+        ),
+        (
+            "scalar.json",
+            '{"loss": 1.0, "val_loss": [1.0]}',
+            "key 'loss' is not a list of per-epoch values",
+        ),
+        ("nolists.json", '{"loss": [], "val_loss": []}', "no epochs"),
+        (
+            "uneven.json",
+            '{"loss": [1.0], "val_loss": [1.0, 2.0]}',
+            "keys have different numbers of epochs (loss 1, val_loss 2)",
+        ),
+    ],
+)
+def test_bad_history_files_are_one_line_errors_naming_the_file(tmp_path, name, text, message):
+    path = write(tmp_path, name, text)
+    with pytest.raises(HistoryError) as caught:
+        read_history(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_a_missing_or_binary_history_file_is_named(tmp_path):
+    with pytest.raises(HistoryError, match=r"nope\.csv: no such file$"):
+        read_history(tmp_path / "nope.csv")
+    binary = tmp_path / "model.keras"
+    binary.write_bytes(b"PK\x03\x04\xff\xfe\x00")
+    with pytest.raises(
+        HistoryError, match=r"model\.keras: not a text file \(expected CSV or JSON\)$"
+    ):
+        read_history(binary)
+    with pytest.raises(HistoryError, match=r": is a directory, not a history file$"):
+        read_history(tmp_path)
+
+
+def run_cli(capsys, *args):
+    # --params points nowhere, so the thresholds are FitConfig's defaults.
+    code = cli.main(["--params", "no-such-params.yaml", "diagnose", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_diagnose_prints_the_verdict_and_its_evidence(tmp_path, capsys):
+    path = write(tmp_path, "log.csv", CSV_GOOD)
+    code, out, err = run_cli(capsys, path, "--classes", 10)
+    assert code == 0 and err == ""
+    assert out.startswith(f"{path}: good\nreasons: best epoch 10 of 10")
+    assert "  train_skill: 0.9" in out and "  reference_train_loss: 2.303" in out
+    code, out, _ = run_cli(capsys, path, "--reference-loss", 2.0, "--json")
+    fit = json.loads(out)
+    assert code == 0 and fit["verdict"] == "good" and fit["reference_val_loss"] == 2.0
+    code, out, _ = run_cli(capsys, path, "--json")
+    fit = json.loads(out)
+    assert fit["train_skill"] is None and "no reference loss" in fit["reasons"]
+
+
+def test_cli_diagnose_judges_a_real_history_json_and_writes_the_figure(tmp_path, capsys):
+    fixture = json.loads((HISTORIES / "regularisation_none.json").read_text())
+    path = write(tmp_path, "history.json", json.dumps(fixture["history"]))
+    figure = tmp_path / "curves.png"
+    code, out, _ = run_cli(capsys, path, "--classes", 10, "--figure", figure)
+    assert code == 0 and out.startswith(f"{path}: overfit\n")
+    assert f"wrote {figure}" in out and figure.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.csv"], "{tmp}/missing.csv: no such file"),
+        (["empty.csv"], "{tmp}/empty.csv: empty file"),
+        (["log.csv", "--classes", "1"], "--classes: expected at least 2 classes, not 1"),
+        (
+            ["log.csv", "--reference-loss", "0"],
+            "--reference-loss: expected a positive loss, not 0.0",
+        ),
+        (
+            ["log.csv", "--classes", "3", "--reference-loss", "1"],
+            "argument --reference-loss: not allowed with argument --classes",
+        ),
+        (["log.csv", "--classes", "ten"], "argument --classes: invalid int value: 'ten'"),
+        ([], "the following arguments are required: PATH"),
+    ],
+)
+def test_cli_diagnose_errors_are_one_line_with_exit_status_2(tmp_path, capsys, args, message):
+    write(tmp_path, "log.csv", CSV_GOOD)
+    write(tmp_path, "empty.csv", "")
+    args = [str(tmp_path / a) if a.endswith(".csv") else a for a in args]
+    with pytest.raises(SystemExit) as exited:
+        run_cli(capsys, *args)
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and out == ""
+    assert err == f"deepfit diagnose: error: {message.format(tmp=tmp_path)}\n"
+
+
+def test_cli_help_does_not_import_tensorflow_mlflow_or_matplotlib():
+    code = (
+        "import contextlib, io, sys\n"
+        "from deepfit import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    cli.main(['diagnose', '--help'])\n"
+        "heavy = {'tensorflow', 'keras', 'mlflow', 'matplotlib'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -38,7 +38,7 @@ def test_default_studies_resolve_variants_over_their_base():
     assert not reg["none"].train.early_stopping.enabled
     activations = {v.arch.activation for v in params.study("activation").variants.values()}
     assert {"relu", "sigmoid", "tanh"} <= activations
-    assert params.fit.overfit_rise == 0.1
+    assert params.fit.overfit_rise_skill == 0.002 and params.fit.smoothing == 5
 
 
 @pytest.mark.parametrize(
