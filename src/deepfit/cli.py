@@ -232,7 +232,12 @@ def _diagnose(args: argparse.Namespace) -> int:
                 print(f"  {key}: {_number(value)}")
     if args.figure:
         try:
-            written = diagnosis.fit_figure(history, fit, fit_cfg, args.figure, args.path.stem)
+            title = (
+                f"{args.path.parent.name}/{args.path.name}"
+                if args.path.parent.name
+                else args.path.name
+            )
+            written = diagnosis.fit_figure(history, fit, fit_cfg, args.figure, title)
         except OSError as exc:
             _diagnose_error(f"{args.figure}: cannot write the figure ({exc.strerror})")
         print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)

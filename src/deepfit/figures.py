@@ -329,8 +329,11 @@ def fit_png(
             level, top, color="tab:orange", alpha=0.12, label=f"best + {noise_multiple:g}× noise"
         )
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
+    finite = [v for v in (*train, *val) if math.isfinite(v)]
+    if finite and min(finite) > 0:  # a rise of 0.01 on a loss of 0.1 shows on a log scale
+        ax.set_yscale("log")
+    ax.set_ylabel("loss (log scale)" if ax.get_yscale() == "log" else "loss")
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     reasons = "\n".join(textwrap.wrap(str(fit.get("reasons", "")), 110))
     ax.set_title(f"{title}: {fit.get('verdict', '?')}\n{reasons}", fontsize=8, loc="left")
