@@ -51,7 +51,7 @@ plots: setup  ## render every DVC plot to dvc_plots/index.html
 metrics: setup
 	dvc metrics show
 
-bench: setup  ## speed and quality targets P1-P6, Q1-Q5 in temporary copies (~15 min): reports/benchmarks.md
+bench: setup  ## speed and quality targets (L, P, Q, M, J rows) in temporary copies (~20 min): reports/benchmarks.md
 	python benchmarks/bench.py
 
 lint: setup

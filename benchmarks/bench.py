@@ -246,7 +246,9 @@ def seed_record(
             "total": timeline["first_step"] - started,
         },
         "test_accuracy": report(reports, "metrics", name)["test"]["accuracy"],
-        "svm_accuracy": report(reports, "evidence", name)["baselines"]["svm"]["accuracy"],
+        "baseline_accuracy": report(reports, "metrics", name)["baseline"]["accuracy"],
+        "baseline_name": report(reports, "metrics", name)["baseline"]["name"],
+        "verdict": report(reports, "metrics", name)["fit"]["verdict"],
     }
 
 
@@ -471,9 +473,9 @@ def accuracy_rows(bench: Bench) -> tuple[Rows, Details]:
     for rid, name, floor in (("Q1", "fnn", 0.980), ("Q2", "cnn", 0.990)):
         runs = bench.seed_runs()[name]
         accs = [r["test_accuracy"] for r in runs]
-        svm = runs[0]["svm_accuracy"]
+        svm, strongest = runs[0]["baseline_accuracy"], runs[0]["baseline_name"]
         mean = statistics.fmean(accs)
-        target = f">= {floor:.3f}" + (f" and >= SVM {svm:.4f}" if name == "cnn" else "")
+        target = f">= {floor:.3f}" + (f" and >= {strongest} {svm:.4f}" if name == "cnn" else "")
         seeds = ",".join(str(s) for s in bench.seeds)
         rows.append(
             row(
@@ -515,6 +517,94 @@ def flops_rows(bench: Bench) -> tuple[Rows, Details]:
     return [p6], {}
 
 
+def judgment_rows(bench: Bench) -> tuple[Rows, Details]:
+    """J1-J3 from the cold run's outputs; J4 retrains every default run with the other seeds;
+    J5 runs the labelled-history tests."""
+    reports = bench.cold_reports
+    digits = json.loads((reports / "baselines" / "digits.json").read_text())
+    best = digits["strongest"]
+    accuracy = digits["baselines"][best]["accuracy"]
+    j1 = row(
+        "J1",
+        "strongest digits baseline, test accuracy (tuned on validation)",
+        ">= 0.985",
+        f"{accuracy:.4f} ({best})",
+        accuracy >= 0.985,
+    )
+    return [j1, cnn_claim(reports), gan_claim(reports), *verdict_rows(bench)], {}
+
+
+def cnn_claim(reports: Path) -> dict[str, Any]:
+    """J2: the CNN against the strongest baseline, with the p-value; "better" only if p < 0.05."""
+    metrics = report(reports, "metrics", "cnn")
+    base, accuracy = metrics["baseline"], metrics["test"]["accuracy"]
+    claims_better = base["verdict"] == "better"
+    consistent = claims_better == (base["p_value"] < 0.05 and accuracy > base["accuracy"])
+    value = (
+        f"{accuracy:.4f} vs {base['accuracy']:.4f} ({base['name']}): "
+        f"p = {base['p_value']:.3g}, {base['verdict']}"
+    )
+    target = "reported with a p-value; 'better' only when p < 0.05"
+    return row("J2", "CNN vs strongest baseline", target, value, consistent)
+
+
+def gan_claim(reports: Path) -> dict[str, Any]:
+    """J3: the GAN's FID below the Gaussian mixture's, or the summary says it is not."""
+    metrics = report(reports, "metrics", "gan")
+    fid, gmm = metrics["test"]["fid"], metrics["baseline"]["fid"]
+    summary = (reports / "summary.md").read_text()
+    says = "**gan loses to its baseline**" in summary or "**gan does not beat" in summary
+    value = f"GAN {fid:.3g} vs GMM {gmm:.3g} ({metrics['baseline']['verdict']})"
+    if fid >= gmm:
+        value += "; the summary says so" if says else "; the summary does NOT say so"
+    target = "GAN lower, or the summary says it is not"
+    return row("J3", "GAN FID vs Gaussian-mixture baseline FID", target, value, fid < gmm or says)
+
+
+def verdict_rows(bench: Bench) -> Rows:
+    """J4: each default run's fit verdict for every training seed (the cold run is seed 7);
+    J5: the labelled histories judged as labelled."""
+    runs = list(yaml.safe_load((bench.repo / "params.yaml").read_text())["runs"])
+    verdicts = {
+        name: [report(bench.cold_reports, "metrics", name)["fit"]["verdict"]] for name in runs
+    }
+    for seed in bench.seeds[1:]:
+        params = seed_params(bench.repo, seed)
+        for name in runs:
+            print(f"  J4: seed {seed}, train@{name} and evaluate@{name}", flush=True)
+            pipeline_run(bench.repo, name, params)
+            verdicts[name].append(report(bench.repo / "reports", "metrics", name)["fit"]["verdict"])
+    same = [name for name, found in verdicts.items() if len(set(found)) == 1]
+    text = "; ".join(f"{name} {'/'.join(found)}" for name, found in verdicts.items())
+    seeds = ",".join(str(s) for s in bench.seeds)
+    j4 = row(
+        "J4",
+        f"fit verdict agreement over seeds {seeds}, per default run",
+        f"{len(runs)} / {len(runs)} runs",
+        f"{len(same)} / {len(runs)} ({text})",
+        len(same) == len(runs),
+    )
+    return [j4, labelled_row(bench.repo)]
+
+
+def labelled_row(repo: Path) -> dict[str, Any]:
+    """J5: the labelled set of `tests/test_diagnosis.py`, run by pytest."""
+    test = "tests/test_diagnosis.py::test_labelled_histories_get_the_experts_verdict"
+    done = run(
+        [sys.executable, "-m", "pytest", test, "-q", "-o", "addopts=", "-p", "no:cacheprovider"],
+        repo,
+        check=False,
+    )
+    passed = int(m.group(1)) if (m := re.search(r"(\d+) passed", done.stdout)) else 0
+    failed = int(m.group(1)) if (m := re.search(r"(\d+) failed", done.stdout)) else 0
+    total = passed + failed
+    share = passed / total if total else 0.0
+    value = f"{share:.0%} ({passed} of {total})"
+    return row(
+        "J5", "labelled histories judged as labelled", "100 %", value, total > 0 and failed == 0
+    )
+
+
 @dataclass(frozen=True)
 class Group:
     ids: tuple[str, ...]  # the rows it measures: listed as not measured if it never ran
@@ -531,6 +621,7 @@ GROUPS = (
     Group(("P1", "P1b", "P2"), speed_rows),
     Group(("Q1", "Q2"), accuracy_rows),
     Group(("M1",), logging_rows),
+    Group(("J1", "J2", "J3", "J4", "J5"), judgment_rows),
     Group(("P6",), flops_rows),
 )
 
