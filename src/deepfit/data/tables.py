@@ -230,6 +230,29 @@ def example_rows(frame: pd.DataFrame, table: dict[str, Any]) -> dict[str, list[A
     }
 
 
+def example_frame(table: dict[str, Any]) -> pd.DataFrame:
+    """The manifest's example rows as pandas reads them from the CSV (same column dtypes)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(table["example"])
+    for column in table["columns"]:
+        if column["dtype"] in ("int64", "float64", "bool"):
+            cells = frame[column["name"]]
+            if column["dtype"] != "bool" or cells.notna().all():
+                frame[column["name"]] = cells.astype(column["dtype"])
+    return frame
+
+
+def signature(table: dict[str, Any], outputs: list[str]) -> Any:
+    """The logged model's MLflow signature: the CSV's feature columns in, named outputs out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    types = {"int64": "long", "float64": "double", "bool": "boolean"}
+    inputs = [ColSpec(types.get(c["dtype"], "string"), c["name"]) for c in table["columns"]]
+    return ModelSignature(Schema(inputs), Schema([ColSpec("float", name) for name in outputs]))
+
+
 def _json_cell(value: Any) -> Any:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
@@ -239,11 +262,17 @@ def _json_cell(value: Any) -> Any:
 # --- the same preprocessing as Keras layers --------------------------------------------------
 
 
+def input_key(index: int) -> str:
+    """The raw-input model's input for the table's ``index``-th column (any CSV header works)."""
+    return f"column_{index}"
+
+
 def raw_input_model(
     network: keras.Model, table: dict[str, Any], target_scale: dict[str, float], task: str
 ) -> keras.Model:
     """``network`` behind Keras preprocessing layers fitted as ``table`` records: one input per
-    CSV column (float32, or string for categories); regression outputs in the target's units.
+    CSV column, ``column_<i>`` in the table's order (float32, or string for categories);
+    regression outputs in the target's units.
 
     Empty numeric cells must be filled before the call (``table`` holds the fill values); an
     unseen category lands in the out-of-vocabulary slot.
@@ -254,16 +283,17 @@ def raw_input_model(
     inputs: dict[str, Any] = {}
     parts = []
     for i, column in enumerate(table["columns"]):
+        key = input_key(i)
         if column["kind"] == "categorical":
-            inputs[column["name"]] = keras.Input(shape=(1,), dtype="string", name=f"column_{i}")
+            inputs[key] = keras.Input(shape=(1,), dtype="string", name=key)
             lookup = layers.StringLookup(
                 vocabulary=column["vocabulary"], num_oov_indices=1, output_mode="one_hot"
             )
-            parts.append(lookup(inputs[column["name"]]))
+            parts.append(lookup(inputs[key]))
         else:
-            inputs[column["name"]] = keras.Input(shape=(1,), dtype="float32", name=f"column_{i}")
+            inputs[key] = keras.Input(shape=(1,), dtype="float32", name=key)
             norm = layers.Normalization(mean=column["mean"], variance=column["std"] ** 2)
-            parts.append(norm(inputs[column["name"]]))
+            parts.append(norm(inputs[key]))
     x = layers.Concatenate(name="columns")(parts) if len(parts) > 1 else parts[0]
     outputs = network(x)
     if task == "regression":

@@ -25,6 +25,7 @@ from deepfit import figures, tracking
 from deepfit.config import Params, RunConfig, flatten
 from deepfit.evaluate import baselines, diagnosis, metrics
 from deepfit.evaluate.metrics import KEY_METRICS, evaluation_kind
+from deepfit.evaluate.table_baselines import table_baselines
 from deepfit.models import load_model
 from deepfit.outputs import (
     GRADIENTS_FILE,
@@ -112,7 +113,10 @@ def metrics_file(
     kind: str, test: dict[str, Any], found: dict[str, Any], fit: dict[str, Any]
 ) -> dict[str, Any]:
     """What DVC compares: the test metrics, the key baseline's score, the verdict, best epoch."""
-    metric, name, _ = KEY_METRICS[kind]
+    metric, name, better = KEY_METRICS[kind]
+    if name not in found:  # a table's baselines: judged against the strongest
+        pick = max if better == "higher" else min
+        name = pick(found, key=lambda baseline: found[baseline][metric])
     return {
         "test": test,
         "baseline": {"name": name, metric: found[name][metric]},
@@ -173,10 +177,11 @@ def score(
         return _classification(run, params, model, data, plots_dir, figures_dir)
     if kind == "forecast":
         return _forecast(run, model, data, plots_dir, figures_dir)
-    return _regression(run, model, data, plots_dir, figures_dir)
+    return _regression(run, params, model, data, plots_dir, figures_dir)
 
 
 def _classification(run, params, model, data, plots_dir, figures_dir):
+    seed = params.seeds.split
     x_test, y_test = data.test
     proba = model.predict(x_test, batch_size=512, verbose=0)
     found = metrics.classification_metrics(y_test, proba)
@@ -187,7 +192,9 @@ def _classification(run, params, model, data, plots_dir, figures_dir):
     )
     write_text(plots_dir / "confusion.csv", csv_text(["actual", "predicted"], pairs))
     figures.confusion_matrix_png(cm, names, figures_dir / "confusion.png", title=run.name)
-    baseline = baselines.classification_baselines(*data.train, x_test, y_test, params.seeds.split)
+    if "table" in data.manifest:
+        return found, table_baselines(data.train, data.val, data.test, "classification", seed)
+    baseline = baselines.classification_baselines(*data.train, x_test, y_test, seed)
     return found, baseline
 
 
@@ -207,13 +214,17 @@ def _forecast(run, model, data, plots_dir, figures_dir):
     return test, baseline
 
 
-def _regression(run, model, data, plots_dir, figures_dir):
+def _regression(run, params, model, data, plots_dir, figures_dir):
     mean, std = _scale(data)
     x_test, y_test = data.test
     predicted = model.predict(x_test, batch_size=512, verbose=0).reshape(-1) * std + mean
     actual = y_test.reshape(-1) * std + mean
     test = metrics.regression_metrics(actual, predicted)
-    baseline = {"constant": baselines.constant_baseline(data.train[1] * std + mean, actual)}
+    if "table" in data.manifest:
+        units = [(x, y.reshape(-1) * std + mean) for x, y in (data.train, data.val, data.test)]
+        baseline = table_baselines(*units, "regression", params.seeds.split)
+    else:
+        baseline = {"constant": baselines.constant_baseline(data.train[1] * std + mean, actual)}
     rows = zip(actual.tolist(), predicted.tolist(), strict=True)
     write_text(plots_dir / "predictions.csv", csv_text(["actual", "predicted"], rows))
     figures.scatter_true_pred_png(actual, predicted, figures_dir / "predictions.png", run.name)
