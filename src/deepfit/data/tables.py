@@ -143,7 +143,7 @@ def column_kind(column: pd.Series, name: str, file: Path) -> str:
         bad = np.flatnonzero(~np.isfinite(column.to_numpy(np.float64)) & column.notna().to_numpy())
         if bad.size:
             cell = f"{line(int(bad[0]))}, column {name!r}"
-            raise DataError(f"{file}: {cell}: {column.iloc[bad[0]]!r} is not a finite number")
+            raise DataError(f"{file}: {cell}: {float(column.iloc[bad[0]])} is not a finite number")
         return "numeric"
     numbers = pd.to_numeric(present, errors="coerce")
     if numbers.notna().any():
