@@ -316,12 +316,9 @@ def test_logged_model_takes_raw_rows(tmp_path):
     raw = tiny_params({**BASE, "missing": "impute"}, epochs=3)
     root = make_workdir(tmp_path / "work", raw)
     write(root / "data" / "raw", frame)
-    for stage, flag in (
-        ("prepare", "--dataset t"),
-        ("train", "--run tab"),
-        ("evaluate", "--run tab"),
-    ):
-        done = run_stage(root, stage, *flag.split())
+    steps = [("prepare", "--dataset", "t"), ("train", "--run", "tab"), ("evaluate", "--run", "tab")]
+    for stage, *args in steps:
+        done = run_stage(root, stage, *args)
         assert done.returncode == 0, done.stderr[-3000:]
 
     data = load_prepared(root / "data" / "prepared" / "t")
@@ -339,12 +336,8 @@ def test_logged_model_takes_raw_rows(tmp_path):
     metrics = json.loads((root / "reports" / "metrics" / "tab.json").read_text())
     accuracy = float(np.mean(predicted == data.test[1]))
     assert accuracy == pytest.approx(metrics["test"]["accuracy"])
-    assert set(
-        json.loads((root / "reports" / "evidence" / "tab.json").read_text())["baselines"]
-    ) == {
-        "logreg",
-        "gradient_boosting",
-    }
+    evidence = json.loads((root / "reports" / "evidence" / "tab.json").read_text())
+    assert set(evidence["baselines"]) == {"logreg", "gradient_boosting"}
 
     unseen = test_rows.head(3).copy()
     unseen["city"] = ["tokyo", None, "rome"]

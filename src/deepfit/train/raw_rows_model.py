@@ -50,7 +50,10 @@ def column_input(cells: pd.Series, column: dict[str, Any]) -> Any:
 
         text = cells.astype(object).where(cells.notna(), column["fill"]).astype(str)
         return tf.constant(text.to_numpy(dtype=object)[:, None], dtype=tf.string)
-    values = cells.astype(object).map(_number).to_numpy(dtype=np.float64)
+    if pd.api.types.is_numeric_dtype(cells) or pd.api.types.is_bool_dtype(cells):
+        values = cells.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:  # text or objects (JSON from `mlflow models serve`): one cell at a time
+        values = cells.astype(object).map(_number).to_numpy(dtype=np.float64)
     return np.where(np.isnan(values), column["fill"], values).astype(np.float32)[:, None]
 
 
