@@ -148,7 +148,11 @@ BASELINE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
         "gbt": ("learning_rate", "max_leaf_nodes", "max_iter"),
     },
     "forecast": {"persistence": (), "seasonal_naive": ("period",), "ar": ("p",)},
-    "regression": {"constant": (), "linear": ("alpha",)},
+    "regression": {
+        "constant": (),
+        "linear": ("alpha",),
+        "gbt": ("learning_rate", "max_leaf_nodes", "max_iter"),
+    },
     "generation": {"gmm_pca": ("components", "mixtures")},
 }
 BaselineGrids = dict[str, dict[str, dict[str, list[Any]]]]

@@ -100,12 +100,32 @@ class AddingConfig(_Dataset):
         return "sequence", "regression"
 
 
+ColumnName = Annotated[str, Field(min_length=1)]
+Missing = Literal["error", "impute"]
+
+
 class CsvConfig(_UserFile):
-    """A CSV under data/raw/: `target` column is predicted from all other numeric columns."""
+    """A CSV under data/raw/: `target` is predicted from the other columns (numeric, categorical,
+    boolean), or from `columns` only, or from all but `drop`."""
 
     source: Literal["csv"]
-    target: Annotated[str, Field(min_length=1)]
+    target: ColumnName
     task: Task
+    columns: Annotated[list[ColumnName], Field(min_length=1)] | None = None
+    drop: list[ColumnName] = Field(default_factory=list)
+    # error: an empty feature cell stops prepare; impute: train median / a "missing" category
+    missing: Missing = "error"
+
+    @model_validator(mode="after")
+    def _columns_or_drop(self) -> CsvConfig:
+        if self.columns is not None and self.drop:
+            raise ValueError("give either columns (use only these) or drop, not both")
+        for key, names in (("columns", self.columns or []), ("drop", self.drop)):
+            if self.target in names:
+                raise ValueError(f"{key}: must not name the target column {self.target!r}")
+            if len(set(names)) != len(names):
+                raise ValueError(f"{key}: names a column twice")
+        return self
 
     def kind_and_task(self) -> tuple[InputKind, Task]:
         return "vector", self.task

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deepfit.data import sources
+from deepfit.data import sources, tables
 from deepfit.data.config import (
     AddingConfig,
     CsvConfig,
@@ -45,6 +45,7 @@ class Built:
     class_names: list[str] | None = None
     target_scale: dict[str, float] = field(default_factory=lambda: dict(IDENTITY))
     feature_scale: dict[str, Any] = field(default_factory=lambda: {"method": "none"})
+    table: dict[str, Any] | None = None  # a CSV's columns and their fitted preprocessing
 
 
 def prepare_dataset(
@@ -105,6 +106,7 @@ def _manifest(
     kind, task = cfg.kind_and_task()
     train = built.splits["train"]
     classes = built.class_names
+    table = {"table": built.table} if built.table is not None else {}
     return {
         "format": MANIFEST_FORMAT,
         "dataset": name,
@@ -119,6 +121,7 @@ def _manifest(
         "seed": seed,
         "config": cfg.model_dump(mode="json"),
         "splits": splits,
+        **table,
     }
 
 
@@ -266,19 +269,35 @@ def build_adding(cfg: AddingConfig, seed: int, raw_dir: Path, where: str) -> Bui
 
 
 def build_csv(cfg: CsvConfig, seed: int, raw_dir: Path, where: str) -> Built:
+    """Read the table, split its rows, fit the preprocessing on train, encode every split."""
     file = sources.resolve_raw(cfg.path, raw_dir, f"{where}.path")
-    features, names, cells = sources.read_csv(file, cfg.target, f"{where}.target")
-    if cfg.task == "classification":
-        numbers = [sources.float_or_none(cell) for cell in cells]
-        # numeric labels sort as numbers (2 before 10), text labels as text
-        targets = np.asarray(cells if None in numbers else numbers)
-    else:
-        column = sources.numeric_column(file, cfg.target, cells)
-        if column is None:
-            raise DataError(f"{where}.target: column {cfg.target!r} of {file} is not numeric")
-        targets = column[:, None]
-    built = _build_user(features, targets, cfg, seed, "vector", str(file))
-    return replace(built, feature_scale={**built.feature_scale, "features": names})
+    frame = tables.read_table(file)
+    features = tables.feature_names(frame, cfg, file, where)
+    kinds = tables.check_columns(frame, features, cfg, file, where)
+    y, classes = _table_targets(frame[cfg.target], cfg.task, f"{file} (target)")
+    labels = y if classes is not None else None
+    rows = np.arange(len(frame), dtype=np.int64)  # 0-based data rows: line = row + 2
+    index = split_indices(len(y), cfg.val_fraction, cfg.test_fraction, seed, labels, where)
+    dtypes = {name: str(frame[name].dtype) for name in features}
+    table = tables.fit_table(frame.iloc[index["train"]], kinds, dtypes, cfg)
+    splits = {
+        split: {"x": tables.encode(frame.iloc[at], table), "y": y[at], "row": rows[at]}
+        for split, at in index.items()
+    }
+    table["example"] = tables.example_rows(frame.iloc[index["val"]], table)
+    target_scale = scale_targets(splits) if classes is None else dict(IDENTITY)
+    scale = {"method": "table", "features": table["encoded"]}
+    return Built(splits, classes, target_scale, scale, table)
+
+
+def _table_targets(column: Any, task: str, where: str) -> tuple[np.ndarray, list[str] | None]:
+    """Class codes and names (numeric labels sort as numbers), or regression targets (n, 1)."""
+    values = column.to_numpy()
+    if task == "classification":
+        if values.dtype == object:
+            values = values.astype(str)
+        return encode_labels(values, where)
+    return values.astype(np.float64)[:, None], None
 
 
 def build_npz(cfg: NpzConfig, seed: int, raw_dir: Path, where: str) -> Built:

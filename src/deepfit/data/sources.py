@@ -6,7 +6,6 @@ Each loader returns plain arrays; splitting and scaling happen in ``prepare``. H
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import urllib.error
@@ -86,72 +85,6 @@ def resolve_raw(path: str, raw_dir: Path, key: str = "path") -> Path:
     if not file.is_file():
         raise DataError(f"{key}: file {file} not found (user files live under {raw_dir}/)")
     return file
-
-
-def read_csv(
-    file: Path, target: str, key: str = "target"
-) -> tuple[np.ndarray, list[str], list[str]]:
-    """Numeric feature matrix (n, f) float64, its column names, and the raw target cells.
-
-    Text columns other than the target are dropped (logged); a column mixing numbers and text,
-    an empty cell or NaN/Inf in a used column is an error naming the file.
-    """
-    header, rows = _csv_rows(file)
-    if target not in header:
-        raise DataError(f"{key}: no column {target!r} in {file}; columns: {', '.join(header)}")
-    columns = {name: [row[i] for row in rows] for i, name in enumerate(header)}
-    labels = [cell.strip() for cell in columns.pop(target)]
-    if any(not cell for cell in labels):
-        raise DataError(f"{file}: empty cell in target column {target!r}")
-    numeric = {name: numeric_column(file, name, cells) for name, cells in columns.items()}
-    dropped = [name for name, values in numeric.items() if values is None]
-    if dropped:
-        log.warning("%s: ignoring text columns %s", file, ", ".join(dropped))
-    names = [name for name, values in numeric.items() if values is not None]
-    if not names:
-        raise DataError(f"{file}: no numeric feature columns besides target {target!r}")
-    features = np.column_stack([numeric[name] for name in names])
-    check_finite(features, str(file))
-    return features, names, labels
-
-
-def _csv_rows(file: Path) -> tuple[list[str], list[list[str]]]:
-    with open(file, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = [name.strip() for name in next(reader, [])]
-        rows = [row for row in reader if any(cell.strip() for cell in row)]
-    if not header:
-        raise DataError(f"{file}: empty file (expected a header row)")
-    if len(set(header)) != len(header):
-        raise DataError(f"{file}: duplicate column names in the header")
-    for number, row in enumerate(rows, start=2):
-        if len(row) != len(header):
-            raise DataError(
-                f"{file}: data row {number} has {len(row)} fields, the header {len(header)}"
-            )
-    if not rows:
-        raise DataError(f"{file}: no data rows")
-    return header, rows
-
-
-def numeric_column(file: Path, name: str, cells: list[str]) -> np.ndarray | None:
-    """Column values as floats; None for a text column (no cell is a number)."""
-    parsed = [float_or_none(cell) for cell in cells]
-    if all(value is None for value in parsed):
-        return None
-    for number, (cell, value) in enumerate(zip(cells, parsed, strict=True), start=2):
-        if value is None:
-            what = "an empty cell" if not cell.strip() else f"text {cell.strip()!r}"
-            raise DataError(f"{file}: numeric column {name!r} has {what} in data row {number}")
-    return np.asarray(parsed, dtype=np.float64)
-
-
-def float_or_none(cell: str) -> float | None:
-    """The cell as a float, or None when it is not a number."""
-    try:
-        return float(cell)
-    except ValueError:
-        return None
 
 
 def read_npz(file: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -80,7 +80,9 @@ def run_baselines(
 
 
 def _fit(family: str, baseline: str, grid: dict, data: Prepared, seed: int) -> dict[str, Any]:
-    fit = getattr(baselines, baseline)
+    # The classifier and the regressor of gradient-boosted trees share the name gbt.
+    fit = baselines.gbt_regression if (family, baseline) == ("regression", "gbt") else None
+    fit = fit or getattr(baselines, baseline)
     if family == "classification":
         return fit(data.train, data.val, data.test, grid or {}, seed=seed)
     scale = data.manifest.get("target_scale") or {}

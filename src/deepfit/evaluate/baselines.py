@@ -298,6 +298,28 @@ def linear(
     return _tuned_regression(make, val, test, mean, std, grid, set(Ridge().get_params()), "mse")
 
 
+def gbt_regression(
+    train: Split,
+    val: Split,
+    test: Split,
+    mean: float = 0.0,
+    std: float = 1.0,
+    grid: Grid = GBT_GRID,
+) -> dict[str, Any]:
+    """Histogram gradient-boosted regression trees on the flattened inputs, tuned on validation."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    x_train, y_train = _flat(train[0]), _y(train[1], float)
+    inputs = {"val": _flat(val[0]), "test": _flat(test[0])}
+    allowed = set(HistGradientBoostingRegressor().get_params())
+
+    def make(params: dict[str, Any]) -> Callable[[str], np.ndarray]:
+        model = HistGradientBoostingRegressor(random_state=0, **params).fit(x_train, y_train)
+        return lambda split: model.predict(inputs[split])
+
+    return _tuned_regression(make, val, test, mean, std, grid, allowed, "mse")
+
+
 def _tuned_regression(
     make: Callable[[dict[str, Any]], Callable[[str], np.ndarray]],
     val: Split,

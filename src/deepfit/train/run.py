@@ -91,7 +91,7 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
         summary["mlflow_epoch_logging_seconds"] = round(metrics.seconds, 4)
         records = gradients.ordered_records() if gradients is not None else []
         save_outputs(staged, run.name, model, history, summary, records)
-        _log_outputs(model, summary, figures_dir, data.val[0][:5])
+        _log_outputs(model, summary, figures_dir, data)
     backup.clear()
     log.info("%s: %d epochs in %.1fs, best epoch %d", run.name, *_brief(summary))
     return summary
@@ -194,7 +194,7 @@ def save_outputs(
 
 
 def _log_outputs(
-    model: keras.Model, summary: dict[str, Any], figures_dir: Path, x_example: np.ndarray
+    model: keras.Model, summary: dict[str, Any], figures_dir: Path, data: Prepared
 ) -> None:
     import mlflow
 
@@ -207,7 +207,10 @@ def _log_outputs(
         }
     )
     mlflow.log_artifacts(str(figures_dir), artifact_path="figures/training")
-    _log_model(model, x_example)
+    if "table" in data.manifest:
+        _log_table_model(model, data)
+    else:
+        _log_model(model, data.val[0][:5])
 
 
 def _brief(summary: dict[str, Any]) -> tuple[int, float, int]:
@@ -256,3 +259,36 @@ def _log_model(model: keras.Model, x_example: np.ndarray) -> None:
     # Explicit requirements: MLflow's inference would reload the model in a subprocess.
     pip = [f"{name}=={metadata.version(name)}" for name in ("keras", "tensorflow-cpu")]
     mlflow.keras.log_model(target, name="model", signature=signature, pip_requirements=pip)
+
+
+def _log_table_model(network: keras.Model, data: Prepared) -> None:
+    """Log a table run as a pyfunc model that takes raw CSV rows (a DataFrame of the columns):
+    the fitted preprocessing as Keras layers in front of ``network``, in a small wrapper."""
+    import tempfile
+    from importlib import metadata
+
+    import mlflow
+
+    from deepfit.data.tables import example_frame, raw_input_model, signature
+
+    table, manifest = data.manifest["table"], data.manifest
+    model = raw_input_model(network, table, manifest["target_scale"], data.spec.task)
+    outputs = manifest["class_names"] or [table["target"]]
+    config = {
+        "columns": [{k: c[k] for k in ("name", "kind", "fill")} for c in table["columns"]],
+        "outputs": outputs,
+    }
+    names = ("keras", "tensorflow-cpu", "pandas", "numpy")
+    pip = [f"{name}=={metadata.version(name)}" for name in names]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "raw_rows.keras"
+        model.save(path)
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("raw_rows_model.py")),
+            artifacts={"keras_model": str(path)},
+            model_config=config,
+            signature=signature(table, outputs),
+            input_example=example_frame(table),
+            pip_requirements=pip,
+        )

@@ -1,0 +1,73 @@
+"""The MLflow model of a run on a table (models from code): a pandas DataFrame of raw CSV rows
+in, predictions out.
+
+MLflow copies this file into the logged model and runs it when the model is loaded, so it
+imports nothing from deepfit. The Keras model it loads (an artifact) holds all fitted
+preprocessing as layers; this wrapper only turns the DataFrame into one tensor per column,
+fills empty numeric cells with the training median and names the outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+BOOLEAN = {"true": 1.0, "false": 0.0}
+
+
+class RawRowsModel(PythonModel):
+    """Raw rows -> class probabilities (one column per class) or targets in their own units."""
+
+    def load_context(self, context: Any) -> None:
+        import keras
+
+        self.model = keras.saving.load_model(context.artifacts["keras_model"], safe_mode=True)
+        self.columns = context.model_config["columns"]
+        self.outputs = context.model_config["outputs"]
+
+    # No type hints: MLflow would read them as the model's input schema (the signature is set).
+    def predict(self, context, model_input, params=None):
+        frame = pd.DataFrame(model_input)
+        absent = [c["name"] for c in self.columns if c["name"] not in frame.columns]
+        if absent:
+            raise ValueError(f"missing input columns: {', '.join(absent)}")
+        inputs = {
+            f"column_{i}": column_input(frame[c["name"]], c) for i, c in enumerate(self.columns)
+        }
+        out = np.asarray(self.model.predict(inputs, batch_size=1024, verbose=0))
+        return pd.DataFrame(out, columns=self.outputs, index=frame.index)
+
+
+def column_input(cells: pd.Series, column: dict[str, Any]) -> Any:
+    """One column as the Keras model's input (n, 1): a string tensor for categories (Keras
+    takes no NumPy text arrays), float32 otherwise."""
+    if column["kind"] == "categorical":
+        import tensorflow as tf
+
+        text = cells.astype(object).where(cells.notna(), column["fill"]).astype(str)
+        return tf.constant(text.to_numpy(dtype=object)[:, None], dtype=tf.string)
+    if pd.api.types.is_numeric_dtype(cells) or pd.api.types.is_bool_dtype(cells):
+        values = cells.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:  # text or objects (JSON from `mlflow models serve`): one cell at a time
+        values = cells.astype(object).map(_number).to_numpy(dtype=np.float64)
+    return np.where(np.isnan(values), column["fill"], values).astype(np.float32)[:, None]
+
+
+def _number(value: Any) -> float:
+    """A cell as a float: numbers, booleans and their text forms; anything else is missing."""
+    if value is None:
+        return np.nan
+    if isinstance(value, str):
+        word = value.strip().lower()
+        try:
+            return BOOLEAN[word] if word in BOOLEAN else float(word)
+        except ValueError:
+            return np.nan
+    return float(value)
+
+
+mlflow.models.set_model(RawRowsModel())
