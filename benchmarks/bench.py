@@ -355,7 +355,7 @@ def quality_rows(bench: Bench) -> tuple[Rows, Details]:
         lstm_mse < 0.01 and rnn_mse >= 0.1,
     )
 
-    gan = report(bench.cold_reports, "metrics", "gan")["test"]
+    gan = report(bench.cold_reports, "evidence", "gan")["test"]
     fid, covered = gan["fid"], gan["classes_covered"]
     q5 = row(
         "Q5",

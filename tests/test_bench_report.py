@@ -66,7 +66,7 @@ def test_quality_rows_read_baselines_from_the_evidence_files(tmp_path: Path) -> 
     write(reports / "evidence" / "lstm.json", {"baselines": {"ar": {"rmse": 10.0}}})
     write(reports / "metrics" / "lstm_adding.json", {"test": {"mse": 0.001}})
     write(reports / "metrics" / "rnn_adding.json", {"test": {"mse": 0.2}})
-    write(reports / "metrics" / "gan.json", {"test": {"fid": 6.0, "classes_covered": 10}})
+    write(reports / "evidence" / "gan.json", {"test": {"fid": 6.0, "classes_covered": 10}})
     bench.repo.mkdir(parents=True)
     (bench.repo / "params.yaml").write_text("datasets: {adding: {length: 50}}\n")
     rows, _ = quality_rows(bench)

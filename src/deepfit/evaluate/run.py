@@ -2,11 +2,11 @@
 judge its fit, and log all of it into the MLflow run that training created.
 
 Writes three files per run:
-- ``reports/metrics/<run>.json`` (DVC metrics, what users compare across experiments): the test
-  metrics, the strongest baseline's score and how the run compares with it (better, no
+- ``reports/metrics/<run>.json`` (DVC metrics, what users compare across experiments): the key
+  test metric, the strongest baseline's score and how the run compares with it (better, no
   significant difference, worse), the fit verdict and the best epoch;
-- ``reports/evidence/<run>.json``: every baseline, the interval and paired test against the
-  strongest, the fit evidence and the gradient-flow summary;
+- ``reports/evidence/<run>.json``: every test metric, every baseline, the interval and paired
+  test against the strongest, the fit evidence and the gradient-flow summary;
 - ``reports/evidence/<run>.run.json``: what differs between executions (MLflow run id and name,
   training wall time).
 
@@ -96,6 +96,7 @@ def evaluate_run(
         diagnosis.fit_figure(history, fit, params.fit, where.figures_dir / "fit.png", run.name)
         scores = metrics_file(kind, scored, fit, summary["best_epoch"])
         evidence = {
+            "test": scored.test,
             "baselines": scored.baselines,
             "strongest_baseline": scored.strongest,
             "versus_baseline": scored.judged,
@@ -145,17 +146,16 @@ class Scored:
 
 
 def metrics_file(kind: str, scored: Scored, fit: dict[str, Any], kept: int) -> dict[str, Any]:
-    """What DVC compares: the test metrics, the strongest baseline's score and how the run
-    compares with it, the fit verdict and the best epoch (whose weights the model kept)."""
+    """What DVC compares, kept short so that `dvc exp show` stays readable: the key test
+    metric, the strongest baseline's score and how the run compares with it, the fit verdict
+    and the best epoch (whose weights the model kept). The evidence file has the rest."""
     metric = KEY_METRICS[kind][0]
-    judged = scored.judged
     return {
-        "test": scored.test,
+        "test": {metric: scored.test[metric]},
         "baseline": {
             "name": scored.strongest,
             metric: scored.baselines[scored.strongest][metric],
-            "verdict": judged["verdict"],
-            **({"p_value": judged["p_value"]} if "p_value" in judged else {}),
+            "verdict": scored.judged["verdict"],
         },
         "fit": {"verdict": fit["verdict"], "best_epoch": kept},
     }
