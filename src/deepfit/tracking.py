@@ -118,13 +118,14 @@ def identity_tags(name: str, model: str, dataset: str) -> dict[str, str]:
 def process_tags() -> dict[str, str]:
     """Host, pid and the pid's start time (a reused pid is not mistaken for the writer)."""
     tags = {"deepfit.host": HOST, "deepfit.pid": str(os.getpid())}
-    started = _process_start(os.getpid())
+    started = process_start(os.getpid())
     if started:
         tags["deepfit.pid_start"] = started
     return tags
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot), or None where unknown."""
     try:  # Linux: field 22 of /proc/<pid>/stat, after the parenthesised command name
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
@@ -135,7 +136,7 @@ def _writer_alive(tags: Mapping[str, str]) -> bool:
     pid = int(tags["deepfit.pid"])
     if not pid_alive(pid):
         return False
-    recorded, current = tags.get("deepfit.pid_start"), _process_start(pid)
+    recorded, current = tags.get("deepfit.pid_start"), process_start(pid)
     return not (recorded and current and recorded != current)
 
 
