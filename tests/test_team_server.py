@@ -313,3 +313,33 @@ def test_stop_ends_both_servers_by_pid(team) -> None:
     assert not (team["root"] / ".dvc" / "tmp" / "deepfit" / "server.json").exists()
     assert _listening(int(team["url"].rsplit(":", 1)[1])) == set()
     assert _deepfit(team["root"], "server", "stop").returncode == 1
+
+
+def test_copied_project_logs_into_its_own_artifacts(tmp_path: Path) -> None:
+    """A project copied with its mlflow.db: new runs land in the copy's mlartifacts/, old runs'
+    artifacts resolve there too; the original folder is not written."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from deepfit import tracking
+
+    first = tmp_path / "first"
+    (first / ".dvc").mkdir(parents=True)
+    (first / "dvc.yaml").write_text("stages: {}\n")
+    client = MlflowClient(f"sqlite:///{first / 'mlflow.db'}")
+    location = (first / "mlartifacts").as_uri()
+    experiment_id = client.create_experiment("deepfit", artifact_location=location)
+    old_run = client.create_run(experiment_id).info.run_id
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    moved = tracking.relocate_artifacts(copy / "mlflow.db", (copy / "mlartifacts").as_uri())
+    assert moved == [location]
+    copied = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    assert copied.get_experiment(experiment_id).artifact_location == (copy / "mlartifacts").as_uri()
+    assert copied.get_run(old_run).info.artifact_uri.startswith((copy / "mlartifacts").as_uri())
+    assert client.get_run(old_run).info.artifact_uri.startswith(location)  # original untouched
+    mlflow.set_tracking_uri(f"sqlite:///{copy / 'mlflow.db'}")
+    with mlflow.start_run(experiment_id=experiment_id):
+        mlflow.log_text("hello", "note.txt")
+    assert (copy / "mlartifacts").is_dir() and not (first / "mlartifacts").exists()
+    assert tracking.relocate_artifacts(copy / "mlflow.db", (copy / "mlartifacts").as_uri()) == []

@@ -413,7 +413,6 @@ def start_run(
 def log_epoch_rows(rows: list[tuple[int, Mapping[str, float]]], run_id: str | None = None) -> None:
     """Per-epoch values ``[(step, {key: value}), ...]`` to the active (or given) run, in one
     ``log_batch`` request per 1000 values instead of one request per epoch."""
-    import time
 
     import mlflow
     from mlflow.entities import Metric
