@@ -217,7 +217,8 @@ import mlflow
 mlflow.set_tracking_uri(sys.argv[1])
 mlflow.set_experiment("deepfit")
 latencies = []
-with mlflow.start_run(run_name=sys.argv[2], tags={"deepfit.run": sys.argv[2]}):
+with mlflow.start_run(run_name=sys.argv[2], tags={"deepfit.run": sys.argv[2]}) as run:
+    print(run.info.experiment_id, run.info.run_id, file=sys.stderr)
     for step in range(1, int(sys.argv[3]) + 1):
         started = time.perf_counter()
         mlflow.log_metrics({"loss": 1.0 / step, "val_loss": 2.0 / step}, step=step)
@@ -263,7 +264,11 @@ def test_concurrent_stages_and_clients_lose_nothing(team) -> None:
     experiment = client.get_experiment_by_name("deepfit")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     by_name = {r.info.run_name: r for r in runs}
-    assert {"a", "b", "client1", "client2"} <= set(by_name)
+    everywhere = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {"a", "b", "client1", "client2"} <= set(by_name), (
+        [(r.info.run_name, r.info.experiment_id, r.info.status) for r in everywhere],
+        [err for _, err in outputs[2:]],
+    )
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     expected = {"a": EPOCHS, "b": EPOCHS, "client1": LOGGED_EPOCHS, "client2": LOGGED_EPOCHS}
     for name, epochs in expected.items():
