@@ -7,13 +7,25 @@ PORT ?= 5000
 # Stages call `python -m deepfit.stages...`; put the environment's python first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test ui plots metrics bench lint format lock clean sweep server audit
+.PHONY: setup run test ui plots metrics bench lint format lock clean sweep server server-stop \
+  audit venv-moved
+
+# A .venv made in another folder (the project was copied or renamed) keeps that folder's paths:
+# script shebangs and the editable install of deepfit point there. Rebuild it from scratch.
+VENV_MOVED := $(shell test -e $(VENV)/bin/deepfit && \
+  ! head -n 3 $(VENV)/bin/deepfit | grep -qF '$(BIN)/python' && echo yes)
+ifeq ($(VENV_MOVED),yes)
+$(STAMP): venv-moved
+endif
 
 setup: $(STAMP)
 
+venv-moved:
+	@echo "$(VENV) was made for another folder; rebuilding it here"
+
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "deepfit needs Python 3.11 (set PYTHON=...)"'
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(if $(VENV_MOVED),--clear )$(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
@@ -27,9 +39,14 @@ test: setup  ## set up, then run the whole test suite (slow end-to-end tests inc
 ui: setup  ## MLflow UI on http://127.0.0.1:$(PORT) (loopback only)
 	mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
-server: setup  ## MLflow tracking server on http://127.0.0.1:$(PORT) (loopback only), same store
-	mlflow server --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
-	  --artifacts-destination $(CURDIR)/mlartifacts --serve-artifacts
+# DB=sqlite serves mlflow.db; DB=postgres runs a PostgreSQL cluster in .dvc/tmp/deepfit/postgres/.
+# Foreground: Ctrl-C stops both. `make server-stop` stops one started with ARGS=--detach.
+DB ?= sqlite
+server: setup  ## MLflow tracking server on http://127.0.0.1:$(PORT) (loopback only); DB=postgres
+	deepfit server --db $(DB) --port $(PORT) $(ARGS)
+
+server-stop: setup  ## stop what `make server` started (by PID)
+	deepfit server stop
 
 # A queued sweep: one DVC experiment per grid point, $(JOBS) at a time, each in its own copy under
 # .dvc/tmp/exps/. Waits until the queue is empty, then prints the best run per architecture.

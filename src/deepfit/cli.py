@@ -4,6 +4,7 @@ judge the fit of a training history."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -30,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("validate", help="validate params.yaml and list datasets and runs")
     _add_compare(commands)
     _add_diagnose(commands)
+    _add_server(commands)
     args = cli.parse_args(argv)
+    if args.command == "server":
+        return _server(args)
     if args.command == "compare":
         return _compare(args)
     if args.command == "diagnose":
@@ -256,6 +260,88 @@ def _number(value: Any) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+SERVER_HELP = """\
+A tracking server for a team, on 127.0.0.1 only: `mlflow server` with proxied artifacts over
+the repository's sqlite store (--db sqlite, the default), over a PostgreSQL cluster that deepfit
+creates and runs under .dvc/tmp/deepfit/postgres/ (--db postgres; needs initdb and pg_ctl), or
+over an existing PostgreSQL (--database-url). The database password is generated and kept in
+.dvc/tmp/deepfit/pgpass (mode 0600); it is never printed. Foreground by default (Ctrl-C stops
+everything); --detach returns once the server answers, and `deepfit server stop` stops it.
+Log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:PORT.
+Exit status: 0 when started or stopped, 1 when stop finds nothing running, 2 on an error."""
+
+
+def _add_server(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "server",
+        help="start (or stop) MLflow's tracking server, with PostgreSQL if asked",
+        description=SERVER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmd.error = lambda message: _server_error(message)  # type: ignore[method-assign]
+    cmd.add_argument("action", nargs="?", choices=("start", "stop"), default="start")
+    cmd.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    cmd.add_argument("--database-url", metavar="URL", help="an existing postgresql://... server")
+    cmd.add_argument("--port", type=int, default=5000, help="MLflow's port (default: %(default)s)")
+    cmd.add_argument(
+        "--artifacts", metavar="DEST", help="folder or s3://bucket/prefix (default: mlartifacts/)"
+    )
+    cmd.add_argument("--workers", type=int, default=2, help="MLflow workers (default: %(default)s)")
+    cmd.add_argument("--detach", action="store_true", help="return once the server answers")
+
+
+def _server_error(message: str) -> NoReturn:
+    print(f"deepfit server: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _server(args: argparse.Namespace) -> int:
+    # the server module loads only here; it starts processes but imports neither MLflow nor TF
+    import logging
+
+    from deepfit import server
+
+    logging.basicConfig(level=logging.INFO, format="deepfit server: %(message)s")
+    if args.action == "stop":
+        state = server.stop()
+        print(f"stopped {state['url']}" if state else "no deepfit server runs here")
+        return 0 if state else 1
+    if not 0 < args.port < 65536:
+        _server_error(f"--port: expected 1-65535, not {args.port}")
+    options = server.Options(
+        db="postgres" if args.database_url else args.db,
+        port=args.port,
+        database_url=args.database_url,
+        artifacts=args.artifacts,
+        workers=args.workers,
+    )
+    try:
+        state = server.start(options)
+    except server.ServerError as exc:
+        _server_error(str(exc))
+    print(
+        f"MLflow server on {state['url']} ({_store_name(state)}, artifacts: {state['artifacts']})"
+    )
+    print(f"log to it: export MLFLOW_TRACKING_URI={state['url']}")
+    if args.detach:
+        print("stop it: deepfit server stop")
+        return 0
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop what we started
+        server.wait(state)
+    server.stop()
+    print(f"stopped {state['url']}")
+    return 0
+
+
+def _store_name(state: dict[str, Any]) -> str:
+    backend = state["backend"]
+    return (
+        "sqlite " + backend.removeprefix("sqlite:///")
+        if backend.startswith("sqlite")
+        else ("PostgreSQL " + backend.split("@", 1)[1])
+    )
 
 
 if __name__ == "__main__":

@@ -9,11 +9,13 @@ MLflow is imported inside functions: stages validate params before paying for th
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -39,6 +41,12 @@ HOST = socket.gethostname()
 # Seconds a tracking server gets to answer the reachability check (MLflow's own HTTP retries
 # would take about four minutes to give up on a server that is down).
 REACH_TIMEOUT = 3.0
+# Seconds a stage keeps retrying a tracking server that stopped answering mid-run before it
+# fails (DEEPFIT_TRACKING_TIMEOUT); MLflow's own default is about four minutes.
+TRACKING_TIMEOUT = 30
+# Tells MLflow's UI to open the experiment on its training (not GenAI) view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 _OPENED: list[str] = []  # MLflow runs this process opened or reopened
 
 
@@ -118,13 +126,14 @@ def identity_tags(name: str, model: str, dataset: str) -> dict[str, str]:
 def process_tags() -> dict[str, str]:
     """Host, pid and the pid's start time (a reused pid is not mistaken for the writer)."""
     tags = {"deepfit.host": HOST, "deepfit.pid": str(os.getpid())}
-    started = _process_start(os.getpid())
+    started = process_start(os.getpid())
     if started:
         tags["deepfit.pid_start"] = started
     return tags
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot), or None where unknown."""
     try:  # Linux: field 22 of /proc/<pid>/stat, after the parenthesised command name
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
@@ -135,7 +144,7 @@ def _writer_alive(tags: Mapping[str, str]) -> bool:
     pid = int(tags["deepfit.pid"])
     if not pid_alive(pid):
         return False
-    recorded, current = tags.get("deepfit.pid_start"), _process_start(pid)
+    recorded, current = tags.get("deepfit.pid_start"), process_start(pid)
     return not (recorded and current and recorded != current)
 
 
@@ -195,21 +204,140 @@ def _connect(experiment: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
+    configure_http()
     check_reachable(uri)
     with _store_lock(uri):
         mlflow.set_tracking_uri(uri)
+        location = (repo_root() / "mlartifacts").as_uri()
+        if uri.startswith("sqlite:///"):
+            relocate_artifacts(Path(uri.removeprefix("sqlite:///")), location)
         if (
             uri.startswith(("sqlite:", "file:"))
             and mlflow.get_experiment_by_name(experiment) is None
         ):
             # Pin artifacts to the repo root: MLflow's default is relative to the working
             # directory, which for a queued DVC experiment is a copy that DVC deletes afterwards.
-            location = (repo_root() / "mlartifacts").as_uri()
             with contextlib.suppress(MlflowException):  # created meanwhile by a parallel stage
                 mlflow.create_experiment(experiment, artifact_location=location)
         found = mlflow.set_experiment(experiment)
+    _tag_experiment(uri, found)
+    close_pending(uri)
     close_orphans(found.experiment_id)
     return found
+
+
+def _tag_experiment(uri: str, experiment: Any) -> None:
+    """Set EXPERIMENT_KIND once; a parallel stage may set it at the same moment (PostgreSQL then
+    refuses the second insert), which is as good."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(uri)
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) == value:
+            continue
+        try:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+        except MlflowException:
+            if client.get_experiment(experiment.experiment_id).tags.get(key) != value:
+                raise
+
+
+def relocate_artifacts(db: Path, location: str) -> list[str]:
+    """Point a moved or copied project's sqlite store at its own ``mlartifacts/``.
+
+    MLflow stores absolute artifact locations; after ``mv proj proj2`` (or a copy) they still
+    name the old folder, so new runs would write there. Locations under another folder's
+    ``mlartifacts`` are rewritten to ``location`` (the repository root's, also inside a queued DVC
+    experiment's copy). Returns the old prefixes that were rewritten.
+    """
+    import sqlite3
+
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn, conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if "experiments" not in tables:
+            return []
+        rows = conn.execute("SELECT artifact_location FROM experiments").fetchall()
+        stale = sorted(
+            {loc for (loc,) in rows if _stale_location(loc, location)}, key=len, reverse=True
+        )
+        for old in stale:
+            for table, column in _LOCATION_COLUMNS:
+                if table in tables:
+                    conn.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                        f"WHERE substr({column}, 1, ?) = ?",
+                        (location, len(old) + 1, len(old), old),
+                    )
+            log.warning("the project moved: MLflow artifacts now go to %s (was %s)", location, old)
+    return stale
+
+
+# Columns of MLflow's sqlite schema that hold artifact locations (runs, logged models, versions).
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+)
+
+
+def _stale_location(found: str | None, location: str) -> bool:
+    # Only deepfit's own layout (<root>/mlartifacts) is rewritten; a location a user chose stays.
+    return (
+        bool(found)
+        and found.startswith("file:")
+        and found.endswith("/mlartifacts")
+        and (found != location)
+    )
+
+
+def configure_http(timeout: float | None = None) -> int:
+    """Bound MLflow's HTTP retries to about ``timeout`` seconds (DEEPFIT_TRACKING_TIMEOUT,
+    default 30) for a server that stops answering; MLflow variables already set win.
+
+    urllib3 sleeps 0, 2, 4, 8, 16 s between retries with backoff factor 1: five retries wait
+    about 30 s. Returns the number of retries."""
+    if timeout is None:
+        raw = os.environ.get("DEEPFIT_TRACKING_TIMEOUT", str(TRACKING_TIMEOUT))
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise TrackingError(
+                f"DEEPFIT_TRACKING_TIMEOUT={raw!r}: expected seconds, e.g. 30"
+            ) from None
+    retries = 1
+    while 2 ** (retries + 1) - 2 <= timeout:
+        retries += 1
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(5, round(timeout))))
+    return retries
+
+
+def log_datasets(manifest: Mapping[str, Any], directory: Path) -> None:
+    """The prepared splits as MLflow inputs of the active run: name = dataset, digest = the
+    split file's sha256 (first 32 hex digits; MLflow keeps 36 characters), source = the file
+    under ``directory``, context = training/validation/testing."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.exceptions import MlflowException
+
+    for split, info in manifest["splits"].items():
+        source = LocalArtifactDatasetSource(str(directory / info["file"]))
+        dataset = MetaDataset(source, name=manifest["dataset"], digest=info["sha256"][:32])
+        tags = {"deepfit.sha256": info["sha256"], "deepfit.samples": str(info["samples"])}
+        try:
+            mlflow.log_input(dataset, context=_CONTEXTS.get(split, split), tags=tags)
+        except MlflowException:
+            # Two runs logging the same new dataset at once: MLflow's SQL store checks, then
+            # inserts, and PostgreSQL refuses the second insert. Now it exists: link it.
+            time.sleep(0.5)
+            mlflow.log_input(dataset, context=_CONTEXTS.get(split, split), tags=tags)
 
 
 def close_orphans(experiment_id: str) -> list[str]:
@@ -285,7 +413,6 @@ def start_run(
 def log_epoch_rows(rows: list[tuple[int, Mapping[str, float]]], run_id: str | None = None) -> None:
     """Per-epoch values ``[(step, {key: value}), ...]`` to the active (or given) run, in one
     ``log_batch`` request per 1000 values instead of one request per epoch."""
-    import time
 
     import mlflow
     from mlflow.entities import Metric
@@ -333,12 +460,84 @@ def _status_on_error() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through the stage's handler
-        mlflow.set_tag("deepfit.error", f"interrupted ({str(exc) or 'SIGINT'})")
-        mlflow.end_run(status="KILLED")
+        message = f"interrupted ({str(exc) or 'SIGINT'})"
+        if not _defer_close("KILLED", message):
+            mlflow.set_tag("deepfit.error", message)
+            mlflow.end_run(status="KILLED")
         raise
     except BaseException as exc:
-        mlflow.set_tag("deepfit.error", f"{type(exc).__name__}: {exc}"[:5000])
+        message = f"{type(exc).__name__}: {exc}"[:5000]
+        if _defer_close("FAILED", message):
+            raise TrackingError(
+                f"tracking server {tracking_uri()} stopped answering during the run (retried for "
+                f"about {os.environ.get('DEEPFIT_TRACKING_TIMEOUT', TRACKING_TIMEOUT)} s, "
+                "DEEPFIT_TRACKING_TIMEOUT); its MLflow run is closed as FAILED once the server "
+                "is back; rerun then, training resumes after its last saved epoch"
+            ) from None
+        mlflow.set_tag("deepfit.error", message)
         raise
+
+
+def _pending_dir() -> Path:
+    return repo_root() / ".dvc" / "tmp" / "deepfit" / "pending-close"
+
+
+def _defer_close(status: str, message: str) -> bool:
+    """When the tracking server is down, remember to close the active run as ``status`` the
+    next time it is reached (``close_pending``) and end it here without waiting; True if so."""
+    import mlflow
+
+    uri = tracking_uri()
+    active = mlflow.active_run()
+    if active is None or not uri.startswith(("http://", "https://")):
+        return False
+    try:
+        check_reachable(uri)
+        return False
+    except TrackingError:
+        pass
+    run_id = active.info.run_id
+    record = {"uri": uri, "run_id": run_id, "status": status, "error": message}
+    folder = _pending_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{run_id}.json").write_text(json.dumps(record))
+    log.warning("tracking server %s is down: MLflow run %s will be closed later", uri, run_id)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",)}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # one quick try, no minutes of retries
+    try:
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return True
+
+
+def close_pending(uri: str) -> list[str]:
+    """Close the runs that a stage left open because the server was down (see
+    ``_defer_close``), now that ``uri`` answers; return their ids."""
+    from mlflow.tracking import MlflowClient
+
+    closed = []
+    folder = _pending_dir()
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = json.loads(path.read_text())
+        if record.get("uri") != uri:
+            continue
+        client = MlflowClient(uri)
+        client.set_tag(record["run_id"], "deepfit.error", record["error"])
+        client.set_terminated(record["run_id"], record["status"])
+        path.unlink()
+        log.warning(
+            "closed MLflow run %s as %s (left open while the server was down)",
+            record["run_id"],
+            record["status"],
+        )
+        closed.append(record["run_id"])
+    return closed
 
 
 def record_failure(run_name: str, stage: str, message: str, raw: Any) -> str | None:

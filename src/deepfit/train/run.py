@@ -79,6 +79,7 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
         atomic_dir(out.gradients_dir) as gradients_dir,
     ):
         timeline["tracking"] = time.time()  # MLflow run open
+        tracking.log_datasets(data.manifest, Path("data/prepared") / run.dataset)
         staged = TrainOutputs(model_dir, curves_dir, gradients_dir, figures_dir)
         first_step, metrics = FirstStep(), MlflowMetrics()
         generative = get_spec(run.model).generative
