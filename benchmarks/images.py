@@ -63,7 +63,10 @@ def stage_seconds(work: Path) -> float:
     (work / "dvc.yaml").write_text("stages: {}\n")
     started = time.perf_counter()
     cmd = [sys.executable, "-m", "deepfit.stages.prepare", "--dataset", "pics"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # this checkout's deepfit
+    import deepfit
+
+    # the stage runs the deepfit this process measured, not the venv's editable install
+    env = {**os.environ, "PYTHONPATH": str(Path(deepfit.__file__).parents[1])}
     done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
