@@ -227,14 +227,18 @@ def _generative(run, params, model, data, scorer_dir, plots_dir, figures_dir):
     images = np.asarray(model.sample(GAN_SAMPLES, seed=params.seeds.train))
     x_train, _ = data.train
     x_test, _ = data.test
+    # The generator draws in [0, 1]; the scorer reads images as stored (raw pixels or scaled).
+    stored = 1.0 / (data.spec.input_scale or 1.0)
     real_test = scorer.features(x_test)
-    fid = metrics.frechet_distance(scorer.features(images), real_test)
-    coverage = metrics.class_coverage(scorer.classes(images), data.spec.n_outputs)
+    fid = metrics.frechet_distance(scorer.features(images * stored), real_test)
+    coverage = metrics.class_coverage(scorer.classes(images * stored), data.spec.n_outputs)
     rng = np.random.default_rng(params.seeds.split)
-    noise = rng.uniform(0, 1, size=(len(x_test), *x_test.shape[1:])).astype(x_test.dtype)
+    noise = rng.uniform(0, 1, size=(len(x_test), *x_test.shape[1:])).astype(np.float32)
     baseline = {
         "real_vs_real": {"fid": metrics.frechet_distance(scorer.features(x_train), real_test)},
-        "uniform_noise": {"fid": metrics.frechet_distance(scorer.features(noise), real_test)},
+        "uniform_noise": {
+            "fid": metrics.frechet_distance(scorer.features(noise * stored), real_test)
+        },
     }
     shares = coverage.pop("shares")
     write_text(plots_dir / "class_shares.csv", csv_text(["class", "share"], enumerate(shares)))
