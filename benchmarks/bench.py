@@ -18,6 +18,7 @@ same run (bare Keras, then the pipeline, for each seed), because these machines 
     Q4  adding problem: LSTM MSE < 0.01 while SimpleRNN MSE >= 0.1       at the params' length
     Q5  GAN Frechet distance (fixed classifier's features); classes      <= 20; 10 of 10
     M1  MLflow per-epoch logging, share of the `cnn` fit time            <= 1 %
+    D2  `source: images` prepare, 2,000 32x32 PNGs (benchmarks/images.py) >= 2,000 images/s
 
 Each group of targets is one function returning its rows and detail tables, listed in `GROUPS`.
 Writes reports/benchmarks.md and reports/benchmarks.json; exit status 0 when every target is
@@ -605,6 +606,25 @@ def labelled_row(repo: Path) -> dict[str, Any]:
     )
 
 
+def images_rows(bench: Bench) -> tuple[Rows, Details]:
+    """D2: prepare throughput of `source: images` (benchmarks/images.py), the stage's too."""
+    out = bench.work / "images.json"
+    run([sys.executable, str(BENCH / "images.py"), "--json", str(out)], bench.repo)
+    found = json.loads(out.read_text())
+    rate = found["images_per_second"]
+    d2 = row(
+        "D2",
+        "`source: images` prepare, 2,000 32×32 PNGs, in process (the stage incl. start-up: "
+        f"{found['stage_seconds']:.1f} s)",
+        ">= 2000 images/s",
+        round(rate),
+        rate >= 2000,
+        "images/s",
+        detail=found,
+    )
+    return [d2], {}
+
+
 @dataclass(frozen=True)
 class Group:
     ids: tuple[str, ...]  # the rows it measures: listed as not measured if it never ran
@@ -623,6 +643,7 @@ GROUPS = (
     Group(("M1",), logging_rows),
     Group(("J1", "J2", "J3", "J4", "J5"), judgment_rows),
     Group(("P6",), flops_rows),
+    Group(("D2",), images_rows),
 )
 
 

@@ -22,10 +22,14 @@ class DataSpec:
     kind: InputKind
     task: Task
     n_outputs: int  # classes for classification, targets for regression
+    # Stored inputs are raw (uint8 pixels): the model's first layer multiplies them by this.
+    input_scale: float | None = None
 
 
 Fraction = Annotated[float, Field(gt=0.0, lt=0.5)]
 Count = Annotated[int, Field(ge=1)]
+Side = Annotated[int, Field(ge=1, le=4096)]
+ImageSize = Annotated[list[Side], Field(min_length=2, max_length=2)]
 KerasName = Literal["mnist", "fashion_mnist", "cifar10"]
 
 # val + test must leave a real training set.
@@ -142,6 +146,17 @@ class NpzConfig(_UserFile):
         return self.kind, self.task
 
 
+class ImagesConfig(_UserFile):
+    """A folder under data/raw/ with one sub-folder of images per class (or train/ and test/)."""
+
+    source: Literal["images"]
+    image_size: ImageSize  # [height, width]: every image is resized to it
+    color_mode: Literal["grayscale", "rgb"] = "rgb"
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        return "image", "classification"
+
+
 class KerasConfig(_Dataset):
     """A keras.datasets image set; needs the Keras cache or a network connection."""
 
@@ -156,7 +171,13 @@ class KerasConfig(_Dataset):
 
 
 DatasetConfig = Annotated[
-    DigitsConfig | SunspotsConfig | AddingConfig | CsvConfig | NpzConfig | KerasConfig,
+    DigitsConfig
+    | SunspotsConfig
+    | AddingConfig
+    | CsvConfig
+    | NpzConfig
+    | ImagesConfig
+    | KerasConfig,
     Field(discriminator="source"),
 ]
 

@@ -46,6 +46,12 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, np.asarray(arrays[key]), allow_pickle=False)
 
 
+def write_npy(path: Path, array: np.ndarray) -> None:
+    """Write one array as a plain .npy, which ``np.load(path, mmap_mode="r")`` memory-maps."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes."""
     with open(path, "rb") as handle:
@@ -82,6 +88,7 @@ def load_prepared(directory: Path) -> Prepared:
             kind=manifest["kind"],
             task=manifest["task"],
             n_outputs=int(manifest["n_outputs"]),
+            input_scale=input_scale(manifest),
         )
     except (KeyError, TypeError) as exc:
         raise DataError(
@@ -98,6 +105,12 @@ def load_prepared(directory: Path) -> Prepared:
     )
 
 
+def input_scale(manifest: Mapping[str, Any]) -> float | None:
+    """The factor the model applies to stored inputs (raw uint8 pixels), or None."""
+    scale = manifest.get("feature_scale") or {}
+    return float(scale["scale"]) if scale.get("method") == "rescale_in_model" else None
+
+
 def check_batch_size(data: Prepared, batch_size: int, key: str) -> None:
     """DataError naming ``key`` when one batch would hold more than the whole training split."""
     samples = len(data.train[0])
@@ -110,17 +123,34 @@ def check_batch_size(data: Prepared, batch_size: int, key: str) -> None:
 
 
 def _load_split(directory: Path, info: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    path = directory / info["file"]
+    if info.get("format") == "npy":
+        data = {key: _load_npy(directory, entry, key) for key, entry in info["files"].items()}
+        where = directory
+    else:
+        path = _verified(directory, info)
+        with np.load(path, allow_pickle=False) as archive:
+            data = {key: archive[key] for key in archive.files}
+        where = path
+    for key in ("x", "y"):
+        if key not in data:
+            raise DataError(f"{where}: no array {key!r}; rerun the prepare stage")
+    return data
+
+
+def _load_npy(directory: Path, entry: Mapping[str, Any], key: str) -> np.ndarray:
+    # Inputs stay on disk (memory-mapped); training streams batches from them.
+    path = _verified(directory, entry)
+    return np.load(path, mmap_mode="r" if key == "x" else None, allow_pickle=False)
+
+
+def _verified(directory: Path, entry: Mapping[str, Any]) -> Path:
+    """The file of a manifest entry, after checking it exists and matches its sha256."""
+    path = directory / entry["file"]
     if not path.is_file():
         raise DataError(f"{path}: missing (listed in {MANIFEST}); rerun the prepare stage")
-    if sha256_file(path) != info["sha256"]:
+    if sha256_file(path) != entry["sha256"]:
         raise DataError(
             f"{path}: sha256 does not match {MANIFEST} (stale or corrupted data); "
             "rerun the prepare stage"
         )
-    with np.load(path, allow_pickle=False) as archive:
-        data = {key: archive[key] for key in archive.files}
-    for key in ("x", "y"):
-        if key not in data:
-            raise DataError(f"{path}: no array {key!r}; rerun the prepare stage")
-    return data
+    return path

@@ -16,6 +16,7 @@ from deepfit.data.config import (
     CsvConfig,
     DatasetConfig,
     DigitsConfig,
+    ImagesConfig,
     KerasConfig,
     NpzConfig,
     SunspotsConfig,
@@ -27,6 +28,7 @@ from deepfit.data.io import (
     SPLITS,
     array_info,
     sha256_file,
+    write_npy,
     write_npz,
 )
 from deepfit.outputs import atomic_dir, one_line, write_json
@@ -46,6 +48,9 @@ class Built:
     target_scale: dict[str, float] = field(default_factory=lambda: dict(IDENTITY))
     feature_scale: dict[str, Any] = field(default_factory=lambda: {"method": "none"})
     table: dict[str, Any] | None = None  # a CSV's columns and their fitted preprocessing
+    # "npz": one archive per split, loaded whole; "npy": one .npy per array, x memory-mapped.
+    storage: str = "npz"
+    details: dict[str, Any] | None = None  # source-specific facts for the manifest
 
 
 def prepare_dataset(
@@ -62,11 +67,7 @@ def prepare_dataset(
     built = BUILDERS[cfg.source](cfg, seed, raw_dir, where)
     _check_built(built, where)
     with atomic_dir(out_dir) as staging:
-        splits = {}
-        for split in SPLITS:
-            path = staging / f"{split}.npz"
-            write_npz(path, built.splits[split])
-            splits[split] = _split_info(path, built.splits[split])
+        splits = {split: _write_split(staging, split, built) for split in SPLITS}
         manifest = _manifest(name, cfg, seed, built, splits)
         write_json(staging / MANIFEST, manifest)
     log.info("%s: %s", where, ", ".join(f"{s} {splits[s]['samples']}" for s in SPLITS))
@@ -91,13 +92,23 @@ def _check_built(built: Built, where: str) -> None:
         sources.check_finite(x, f"{where} ({split} inputs after scaling)")
 
 
-def _split_info(path: Path, arrays: Split) -> dict[str, Any]:
-    return {
-        "file": path.name,
-        "samples": len(arrays["x"]),
-        "sha256": sha256_file(path),
-        "arrays": {key: array_info(arrays[key]) for key in sorted(arrays)},
-    }
+def _write_split(staging: Path, split: str, built: Built) -> dict[str, Any]:
+    """Write one split in the built storage format; return its manifest entry."""
+    arrays = built.splits[split]
+    info: dict[str, Any] = {"samples": len(arrays["x"])}
+    if built.storage == "npy":
+        files = {}
+        for key in sorted(arrays):
+            path = staging / f"{split}_{key}.npy"
+            write_npy(path, arrays[key])
+            files[key] = {"file": path.name, "sha256": sha256_file(path)}
+        info.update(format="npy", files=files)
+    else:
+        path = staging / f"{split}.npz"
+        write_npz(path, arrays)
+        info.update(file=path.name, sha256=sha256_file(path))
+    info["arrays"] = {key: array_info(arrays[key]) for key in sorted(arrays)}
+    return info
 
 
 def _manifest(
@@ -122,6 +133,7 @@ def _manifest(
         "config": cfg.model_dump(mode="json"),
         "splits": splits,
         **table,
+        **({"details": built.details} if built.details else {}),
     }
 
 
@@ -328,6 +340,12 @@ def _build_user(
     return Built(splits, classes, target_scale, feature_scale)
 
 
+def build_images(cfg: ImagesConfig, seed: int, raw_dir: Path, where: str) -> Built:
+    from deepfit.data import images  # imports this module; Pillow is needed by this source only
+
+    return images.build_images(cfg, seed, raw_dir, where)
+
+
 def build_keras(cfg: KerasConfig, seed: int, raw_dir: Path, where: str) -> Built:
     (x_pool, y_pool), (x_test, y_test) = sources.load_keras(cfg.name, f"{where}.name")
     y_pool, y_test = y_pool.reshape(-1).astype(np.int64), y_test.reshape(-1).astype(np.int64)
@@ -356,5 +374,6 @@ BUILDERS: dict[str, Callable[[Any, int, Path, str], Built]] = {
     "adding": build_adding,
     "csv": build_csv,
     "npz": build_npz,
+    "images": build_images,
     "keras": build_keras,
 }

@@ -84,7 +84,37 @@ def resolve_raw(path: str, raw_dir: Path, key: str = "path") -> Path:
     file = Path(raw_dir) / path
     if not file.is_file():
         raise DataError(f"{key}: file {file} not found (user files live under {raw_dir}/)")
+    refuse_outside_repo(file, raw_dir)
     return file
+
+
+def resolve_raw_dir(path: str, raw_dir: Path, key: str = "path") -> Path:
+    """The existing folder ``raw_dir/path``; a DataError naming ``key`` or the folder otherwise."""
+    problem = raw_path_problem(path)
+    if problem:
+        raise DataError(f"{key}: {problem}")
+    folder = Path(raw_dir) / path
+    if not folder.is_dir():
+        raise DataError(f"{key}: folder {folder} not found (user data lives under {raw_dir}/)")
+    refuse_outside_repo(folder, raw_dir)
+    return folder
+
+
+def repo_root(raw_dir: Path) -> Path:
+    """The repository that holds ``raw_dir`` (data/raw/ sits two levels below it)."""
+    return Path(raw_dir).absolute().parents[1].resolve()
+
+
+def refuse_outside_repo(path: Path, raw_dir: Path, root: Path | None = None) -> None:
+    """DataError naming ``path`` when it (or a folder above it) is a symlink leading out of the
+    repository: DVC would not see such data change, and a run could not be reproduced."""
+    root = root or repo_root(raw_dir)
+    target = Path(path).resolve()
+    if not target.is_relative_to(root):
+        raise DataError(
+            f"{path}: symlink to {target}, outside the repository; copy the data under "
+            f"{raw_dir}/ or track it with `dvc add`"
+        )
 
 
 def read_npz(file: Path) -> tuple[np.ndarray, np.ndarray]:

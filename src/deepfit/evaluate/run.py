@@ -296,7 +296,10 @@ def _generative(run, params, model, data, where: Where) -> Scored:
 
     scorer = Scorer(where.scorer_dir)
     seed = params.seeds.split
-    images = np.asarray(model.sample(GAN_SAMPLES, seed=params.seeds.train))
+    # The generator draws in [0, 1]; the scorer and the mixture read images as stored (raw
+    # pixels, or scaled in prepare as the digits are).
+    stored = 1.0 / (data.spec.input_scale or 1.0)
+    images = np.asarray(model.sample(GAN_SAMPLES, seed=params.seeds.train)) * stored
     (x_train, _), (x_val, _), (x_test, _) = data.train, data.val, data.test
     real = scorer.features(x_test)
     fake = scorer.features(images)
@@ -312,21 +315,23 @@ def _generative(run, params, model, data, where: Where) -> Scored:
     samples = gmm.pop("samples")
     gmm["nearest_train_ratio"] = baselines.nearest_train_distance(samples, x_train, x_test)["ratio"]
     gmm_interval = stats.frechet_bootstrap(scorer.features(samples), real, seed=seed)
-    found = {"gmm_pca": gmm, **_references(scorer, x_train, x_test, real, seed)}
+    found = {"gmm_pca": gmm, **_references(scorer, x_train, x_test, real, seed, stored)}
     judged = judge.generation(interval, gmm_interval, test["fid"] < gmm["fid"])
     write_text(
         where.plots_dir / "class_shares.csv", csv_text(["class", "share"], enumerate(shares))
     )
-    figures.image_grid_png(images[:100], where.figures_dir / "samples.png", run.name, ncols=10)
     figures.image_grid_png(
-        samples[:100], where.figures_dir / "gmm_samples.png", f"{run.name}: GMM baseline", 10
+        images[:100] / stored, where.figures_dir / "samples.png", run.name, ncols=10
+    )
+    figures.image_grid_png(
+        samples[:100] / stored, where.figures_dir / "gmm_samples.png", f"{run.name}: GMM", 10
     )
     return Scored(test, found, "gmm_pca", judged)
 
 
-def _references(scorer, x_train, x_test, real, seed: int) -> dict[str, Any]:
+def _references(scorer, x_train, x_test, real, seed: int, stored: float) -> dict[str, Any]:
     """Not baselines to beat but the scale of FID: real vs real (the floor), uniform noise."""
-    noise = np.random.default_rng(seed).uniform(0, 1, size=x_test.shape).astype(x_test.dtype)
+    noise = np.random.default_rng(seed).uniform(0, stored, size=x_test.shape).astype(np.float32)
     return {
         "real_vs_real": {"fid": metrics.frechet_distance(scorer.features(x_train), real)},
         "uniform_noise": {"fid": metrics.frechet_distance(scorer.features(noise), real)},

@@ -29,6 +29,18 @@ if TYPE_CHECKING:
 Cell = Literal["SimpleRNN", "LSTM"]
 
 
+def input_layers(data: DataSpec) -> tuple[Any, Any]:
+    """The model's input, and the tensor the first layer reads: raw uint8 pixels are rescaled
+    inside the model (``data.input_scale``), so the saved model takes the user's pixel values."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=data.input_shape, name="inputs")
+    if data.input_scale is None:
+        return inputs, inputs
+    return inputs, layers.Rescaling(data.input_scale, name="rescale")(inputs)
+
+
 def kernel_regularizer(l2: float) -> keras.regularizers.Regularizer | None:
     """An L2 weight penalty, or none when the factor is 0 (keeps the loss free of a 0 term)."""
     import keras
@@ -132,8 +144,7 @@ def recurrent_model(cell: Cell, name: str, cfg: RecurrentConfig, data: DataSpec)
     from keras import layers
 
     activations = per_layer(cfg.activation, len(cfg.units) + len(cfg.dense))
-    inputs = keras.Input(shape=data.input_shape, name="inputs")
-    x = inputs
+    inputs, x = input_layers(data)
     if data.kind == "image":
         height, width, channels = data.input_shape
         x = layers.Reshape((height, width * channels), name="rows_as_steps")(x)

@@ -19,7 +19,7 @@ from deepfit.models.base import (
     check_per_layer,
     per_layer,
 )
-from deepfit.models.blocks import conv_block, dense_stack, output_head
+from deepfit.models.blocks import conv_block, dense_stack, input_layers, output_head
 
 if TYPE_CHECKING:
     import keras
@@ -51,8 +51,7 @@ def build(cfg: CNNConfig, data: DataSpec) -> keras.Model:
     from keras import layers
 
     activations = per_layer(cfg.activation, len(cfg.filters) + len(cfg.dense))
-    inputs = keras.Input(shape=data.input_shape, name="inputs")
-    x = inputs
+    inputs, x = input_layers(data)
     height, width = data.input_shape[:2]
     for i, filters in enumerate(cfg.filters, start=1):
         pool = min(height, width) >= MIN_SIDE_TO_POOL

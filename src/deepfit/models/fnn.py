@@ -17,7 +17,7 @@ from deepfit.models.base import (
     check_per_layer,
     per_layer,
 )
-from deepfit.models.blocks import dense_stack, output_head
+from deepfit.models.blocks import dense_stack, input_layers, output_head
 
 if TYPE_CHECKING:
     import keras
@@ -43,8 +43,8 @@ def build(cfg: FNNConfig, data: DataSpec) -> keras.Model:
     import keras
     from keras import layers
 
-    inputs = keras.Input(shape=data.input_shape, name="inputs")
-    x = layers.Flatten(name="flatten")(inputs)
+    inputs, x = input_layers(data)
+    x = layers.Flatten(name="flatten")(x)
     x = dense_stack(
         x,
         cfg.units,

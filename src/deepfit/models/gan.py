@@ -111,6 +111,7 @@ def build(cfg: GANConfig, data: DataSpec, seed: int | None = None) -> keras.Mode
         latent_dim=cfg.latent_dim,
         label_smoothing=cfg.label_smoothing,
         seed=random.randint(1, _MAX_SEED) if seed is None else seed,
+        input_scale=data.input_scale,
         name="gan",
     )
 

@@ -35,6 +35,7 @@ class GAN(keras.Model):
         latent_dim: int,
         label_smoothing: float = 0.1,
         seed: int = 0,
+        input_scale: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -43,6 +44,14 @@ class GAN(keras.Model):
         self.latent_dim = latent_dim
         self.label_smoothing = label_smoothing
         self.noise_seed = seed
+        # Real images stored as raw pixels are rescaled to the generator's [0, 1] before the
+        # discriminator sees them; generated images are already in [0, 1].
+        self.input_scale = input_scale
+        self.rescale_real = (
+            None
+            if input_scale is None
+            else keras.layers.Rescaling(input_scale, name="rescale_real")
+        )
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
@@ -92,8 +101,13 @@ class GAN(keras.Model):
         images = self.generator(self.noise(n, seed), training=False)
         return ops.convert_to_numpy(images)
 
+    def scaled(self, real: Any) -> Any:
+        """Real images on the generator's scale ([0, 1])."""
+        return real if self.rescale_real is None else self.rescale_real(real)
+
     def losses(self, real: Any, z: Any, training: bool = False) -> tuple[Any, Any]:
         """Discriminator and generator losses on real images and generator noise ``z``."""
+        real = self.scaled(real)
         fake = self.generator(z, training=training)
         real_logits = self.discriminator(real, training=training)
         fake_logits = self.discriminator(fake, training=training)
@@ -118,7 +132,7 @@ class GAN(keras.Model):
     def train_step(self, data: Any) -> dict[str, Any]:
         import tensorflow as tf  # GradientTape: training runs on the TensorFlow backend
 
-        real = _real_images(data)
+        real = self.scaled(_real_images(data))
         batch = ops.shape(real)[0]
         fake = self.generator(self.noise(batch), training=True)
         with tf.GradientTape() as tape:
@@ -153,6 +167,7 @@ class GAN(keras.Model):
             "latent_dim": self.latent_dim,
             "label_smoothing": self.label_smoothing,
             "seed": self.noise_seed,
+            "input_scale": self.input_scale,
         }
 
     @classmethod

@@ -253,6 +253,7 @@ def _log_model(model: keras.Model, x_example: np.ndarray) -> None:
 
     generative = hasattr(model, "generator")
     target = model.generator if generative else model
+    x_example = np.asarray(x_example)  # not a memory map: MLflow stores it as the example
     if generative:
         rng = np.random.default_rng(0)
         x_example = rng.normal(size=(len(x_example), model.latent_dim)).astype("float32")
