@@ -328,9 +328,11 @@ def log_datasets(manifest: Mapping[str, Any], directory: Path) -> None:
     from mlflow.exceptions import MlflowException
 
     for split, info in manifest["splits"].items():
-        source = LocalArtifactDatasetSource(str(directory / info["file"]))
-        dataset = MetaDataset(source, name=manifest["dataset"], digest=info["sha256"][:32])
-        tags = {"deepfit.sha256": info["sha256"], "deepfit.samples": str(info["samples"])}
+        # An npz split is one file; an npy split (images) one file per array: name its inputs.
+        entry = info["files"]["x"] if info.get("format") == "npy" else info
+        source = LocalArtifactDatasetSource(str(directory / entry["file"]))
+        dataset = MetaDataset(source, name=manifest["dataset"], digest=entry["sha256"][:32])
+        tags = {"deepfit.sha256": entry["sha256"], "deepfit.samples": str(info["samples"])}
         try:
             mlflow.log_input(dataset, context=_CONTEXTS.get(split, split), tags=tags)
         except MlflowException:
