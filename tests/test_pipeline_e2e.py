@@ -11,6 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import (
@@ -24,7 +25,7 @@ from helpers import (
     write_params,
 )
 
-RUNS = ["fnn", "cnn", "rnn", "lstm", "rnn_adding", "lstm_adding", "gan"]
+RUNS = ["fnn", "cnn", "rnn", "lstm", "rnn_adding", "lstm_adding", "gan", "pix"]
 VERDICTS = {"underfit", "good", "overfit", "diverged"}
 
 pytestmark = pytest.mark.slow
@@ -35,10 +36,28 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     repo = tmp_path_factory.mktemp("deepfit") / "repo"
     repo.mkdir()
     copy_repo(repo)
-    write_params(repo, shrunk_params())
+    params = shrunk_params()
+    # A user's own image folder beside the bundled sets, with a small CNN on it.
+    params["datasets"]["pics"] = {"source": "images", "path": "pics", "image_size": [8, 8]}
+    params["runs"]["pix"] = {"model": "cnn", "dataset": "pics", "filters": [4], "dense": [8]}
+    params["runs"]["pix"]["train"] = {"batch_size": 8}
+    for c, value in enumerate((40, 200)):
+        add_images(repo / "data" / "raw" / "pics" / f"class_{c}", value, 10)
+    write_params(repo, params)
     env = git_repo(repo)
     env["DEEPFIT_E2E_LOG"] = sh(["dvc", "repro"], repo, env)
     return repo, env
+
+
+def add_images(folder: Path, value: int, count: int, start: int = 0) -> None:
+    """``count`` 8x8 RGB PNGs around brightness ``value`` (a class tells itself by it)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value + start)
+    for i in range(start, start + count):
+        pixels = np.clip(rng.normal(value, 10, size=(8, 8, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
 
 
 def _json(root: Path, rel: str) -> dict:
@@ -185,6 +204,20 @@ def test_second_repro_does_nothing(repo):
     out = sh(["dvc", "repro"], root, env)
     assert "Running stage" not in out
     assert "up to date" in out
+
+
+def test_adding_an_image_reruns_prepare_and_its_downstream(repo):
+    """prepare@<dataset> depends on data/raw/: a new image reruns the pics chain (the other
+    prepare stages rerun too, write the same files, and nothing after them reruns)."""
+    root, env = repo
+    add_images(root / "data" / "raw" / "pics" / "class_1", 200, 1, start=10)
+    assert "prepare@pics" in sh(["dvc", "status"], root, env)
+    ran = set(re.findall(r"Running stage '([^']+)'", sh(["dvc", "repro"], root, env)))
+    assert {"prepare@pics", "baseline@pics", "train@pix", "evaluate@pix", "report"} <= ran
+    assert not ran & {"train_scorer", "train@cnn", "baseline@digits", "evaluate@cnn"}
+    assert "up to date" in sh(["dvc", "status"], root, env)
+    manifest = _json(root, "data/prepared/pics/manifest.json")
+    assert sum(info["samples"] for info in manifest["splits"].values()) == 21
 
 
 def test_exp_run_reruns_only_the_varied_run(repo):
