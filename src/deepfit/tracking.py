@@ -328,9 +328,10 @@ def log_datasets(manifest: Mapping[str, Any], directory: Path) -> None:
     from mlflow.exceptions import MlflowException
 
     for split, info in manifest["splits"].items():
-        source = LocalArtifactDatasetSource(str(directory / info["file"]))
-        dataset = MetaDataset(source, name=manifest["dataset"], digest=info["sha256"][:32])
-        tags = {"deepfit.sha256": info["sha256"], "deepfit.samples": str(info["samples"])}
+        file, sha256 = _split_file(info)
+        source = LocalArtifactDatasetSource(str(directory / file))
+        dataset = MetaDataset(source, name=manifest["dataset"], digest=sha256[:32])
+        tags = {"deepfit.sha256": sha256, "deepfit.samples": str(info["samples"])}
         try:
             mlflow.log_input(dataset, context=_CONTEXTS.get(split, split), tags=tags)
         except MlflowException:
@@ -338,6 +339,15 @@ def log_datasets(manifest: Mapping[str, Any], directory: Path) -> None:
             # inserts, and PostgreSQL refuses the second insert. Now it exists: link it.
             time.sleep(0.5)
             mlflow.log_input(dataset, context=_CONTEXTS.get(split, split), tags=tags)
+
+
+def _split_file(info: Mapping[str, Any]) -> tuple[str, str]:
+    """A split's file and sha256: its ``.npz``, or the inputs' ``.npy`` of a split stored as
+    one ``.npy`` per array (image folders)."""
+    if "file" in info:
+        return info["file"], info["sha256"]
+    x = info["files"]["x"]
+    return x["file"], x["sha256"]
 
 
 def close_orphans(experiment_id: str) -> list[str]:
