@@ -109,6 +109,9 @@ def register(tracking_uri: str, row: pd.Series) -> Promoted:
     current = _champion(client, name)
     if current is not None and current.run_id == run_id:
         return Promoted(name, str(current.version), run_id, str(row["name"]), tags, new=False)
+    # MLflow 3 warns that runs:/<id>/model "has no artifacts" before it finds the run's logged
+    # model (models:/m-…) and registers that: the expected path for every deepfit run.
+    logging.getLogger("mlflow.tracking._model_registry.fluent").setLevel(logging.ERROR)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     try:
