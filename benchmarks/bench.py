@@ -632,7 +632,8 @@ def pull_rows(bench: Bench) -> tuple[Rows, Details]:
     source, clone, remote = bench.repo, bench.work / "s3-clone", bench.work / "s3-remote"
     identity = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     run(["git", "add", "-A"], source)
-    run(["git", *identity, "commit", "-qm", "dvc.lock of the cold run"], source)
+    if run(["git", "status", "--porcelain"], source).stdout.strip():
+        run(["git", *identity, "commit", "-qm", "dvc.lock of the cold run"], source)
     seconds: dict[str, float] = {}
 
     def step(name: str, cmd: list[str], repo: Path) -> str:

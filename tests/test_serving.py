@@ -38,6 +38,11 @@ DATASETS = {
     "pics": {"source": "images", "path": "pics", "image_size": [8, 8], "color_mode": "rgb"},
 }
 CITIES = ["oslo", "paris", "rome"]
+# One grid point of two families: the baselines only need to exist for evaluate and promote.
+BASELINES = {
+    "logreg": {"standardize": [True], "C": [1.0]},
+    "svm": {"standardize": [True], "C": [10.0], "gamma": ["scale"]},
+}
 STARTUP_SECONDS = 120  # `mlflow models serve` imports TensorFlow before /ping answers
 
 
@@ -76,6 +81,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The three runs prepared, baselined, trained, evaluated and promoted."""
     raw = tiny_params(RUNS, epochs=3)
     raw["datasets"].update(DATASETS)
+    raw["baselines"]["classification"] = BASELINES
     root = make_workdir(tmp_path_factory.mktemp("serving") / "work", raw)
     _table().to_csv(root / "data" / "raw" / "t.csv", index=False)
     _images(root / "data" / "raw" / "pics")
