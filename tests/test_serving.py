@@ -4,6 +4,7 @@ uint8 RGB pixels) with the predictions that evaluation scored.
 
 One stage folder, three tiny runs (fnn on digits, on a CSV table, on a PNG folder), trained once;
 the three model servers start together on free loopback ports and are stopped by process group.
+A fast test checks the raw-input front of the logged model (prepare's scaling as a layer) alone.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import pytest
 from PIL import Image
 
 from helpers import ROOT, free_port, make_workdir, run_stage, stage_env, tiny_params, tool
-
-pytestmark = pytest.mark.slow
 
 TINY = {"model": "fnn", "units": [16], "dropout": 0.0}
 RUNS = {
@@ -74,6 +73,31 @@ def _images(folder: Path, per_class: int = 12) -> None:
             noise = rng.normal(0, 20, size=(8, 8, 3))
             pixels = np.clip(np.asarray(colour) + noise, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"class_{c}" / f"{i:02d}.png")
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [
+        {"method": "divide_by_train_max", "max": 16.0},
+        {"method": "divide", "value": 255.0},
+        {"method": "standardize", "mean": [1.0, -2.0, 0.5], "std": [2.0, 0.5, 1.0]},
+    ],
+    ids=lambda scale: scale["method"],
+)
+def test_logged_model_takes_the_values_prepare_scaled(scale: dict) -> None:
+    import keras
+
+    from deepfit.train.run import raw_input_model, raw_values
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(3,))
+    network = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    prepared = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    raw = raw_values(prepared, scale)
+    assert not np.allclose(raw, prepared)
+    served = raw_input_model(network, scale).predict(raw, verbose=0)
+    np.testing.assert_allclose(served, network.predict(prepared, verbose=0), atol=1e-5)
+    assert raw_input_model(network, {"method": "rescale_in_model", "scale": 1 / 255}) is network
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +195,7 @@ def _keras_proba(root: Path, run: str, x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- registry
 
 
+@pytest.mark.slow
 def test_promote_registers_the_champion_with_its_evidence(root: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -201,6 +226,7 @@ def test_promote_registers_the_champion_with_its_evidence(root: Path) -> None:
     assert again.returncode == 0 and "already champion: deepfit-fnn version 1" in again.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -225,6 +251,7 @@ def test_promote_errors_are_one_line(root: Path, args: list[str], message: str) 
 # ---------------------------------------------------------------- serving raw inputs
 
 
+@pytest.mark.slow
 def test_digits_model_serves_raw_pixel_values(root: Path, servers: dict[str, str]) -> None:
     prepared = np.load(root / "data" / "prepared" / "digits" / "test.npz")["x"]
     manifest = json.loads((root / "data" / "prepared" / "digits" / "manifest.json").read_text())
@@ -235,6 +262,7 @@ def test_digits_model_serves_raw_pixel_values(root: Path, servers: dict[str, str
     assert proba.argmax(axis=1).tolist() == _scored(root, "fnn")["predicted"].tolist()
 
 
+@pytest.mark.slow
 def test_table_model_serves_raw_csv_rows(root: Path, servers: dict[str, str]) -> None:
     from deepfit.data import load_prepared
 
@@ -254,6 +282,7 @@ def test_table_model_serves_raw_csv_rows(root: Path, servers: dict[str, str]) ->
     assert out.shape == (2, 2) and np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_image_folder_model_serves_raw_uint8_pixels(root: Path, servers: dict[str, str]) -> None:
     pixels = np.load(root / "data" / "prepared" / "pics" / "test_x.npy")
     assert pixels.dtype == np.uint8 and pixels.shape[1:] == (8, 8, 3)  # the PNGs' own pixels
