@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -98,6 +99,19 @@ def test_logged_model_takes_the_values_prepare_scaled(scale: dict) -> None:
     served = raw_input_model(network, scale).predict(raw, verbose=0)
     np.testing.assert_allclose(served, network.predict(prepared, verbose=0), atol=1e-5)
     assert raw_input_model(network, {"method": "rescale_in_model", "scale": 1 / 255}) is network
+
+
+def test_promote_help_loads_no_mlflow_or_tensorflow() -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from deepfit.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['promote', '--help'])\n"
+        "print(sorted(m for m in ('mlflow', 'tensorflow', 'keras', 'pandas') if m in sys.modules))"
+    )
+    env = stage_env(PYTHONPATH=str(ROOT / "src"))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stderr
 
 
 @pytest.fixture(scope="module")
