@@ -60,8 +60,40 @@ def test_yaml_1_2_floats(tmp_path, raw):
 def test_unknown_top_level_key(raw):
     raw["trian"] = {}
     assert error_of(raw) == "params.yaml: trian: unknown key; allowed keys: " + ", ".join(
-        ["seeds", "datasets", "train", "runs", "scorer", "mlflow", "fit", "studies"]
+        ["seeds", "datasets", "train", "runs", "scorer", "mlflow", "fit", "baselines", "studies"]
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda b: b["classification"]["svm"].update(C=[]),
+            "baselines.classification.svm.C: expected a non-empty list of values to try (got [])",
+        ),
+        (
+            lambda b: b["classification"].update(forest={}),
+            "baselines.classification.forest: unknown baseline; allowed: logreg, svm, knn, gbt",
+        ),
+        (
+            lambda b: b["forecast"]["ar"].update(order=[2]),
+            "baselines.forecast.ar.order: unknown key; allowed keys: p",
+        ),
+        (
+            lambda b: b.update(ranking={"x": {}}),
+            "baselines.ranking: unknown family; allowed: classification, forecast, regression, "
+            "generation",
+        ),
+        (
+            lambda b: b["forecast"]["persistence"].update(window=[3]),
+            "baselines.forecast.persistence.window: unknown key; allowed keys: none (this "
+            "baseline has no hyper-parameters)",
+        ),
+    ],
+)
+def test_bad_baseline_grids_name_the_key(raw, change, message):
+    change(raw["baselines"])
+    assert error_of(raw) == f"params.yaml: {message}"
 
 
 def test_mistyped_run_key_lists_allowed(raw):

@@ -328,10 +328,11 @@ def log_datasets(manifest: Mapping[str, Any], directory: Path) -> None:
     from mlflow.exceptions import MlflowException
 
     for split, info in manifest["splits"].items():
-        file, sha256 = _split_file(info)
-        source = LocalArtifactDatasetSource(str(directory / file))
-        dataset = MetaDataset(source, name=manifest["dataset"], digest=sha256[:32])
-        tags = {"deepfit.sha256": sha256, "deepfit.samples": str(info["samples"])}
+        # An npz split is one file; an npy split (images) one file per array: name its inputs.
+        entry = info["files"]["x"] if info.get("format") == "npy" else info
+        source = LocalArtifactDatasetSource(str(directory / entry["file"]))
+        dataset = MetaDataset(source, name=manifest["dataset"], digest=entry["sha256"][:32])
+        tags = {"deepfit.sha256": entry["sha256"], "deepfit.samples": str(info["samples"])}
         try:
             mlflow.log_input(dataset, context=_CONTEXTS.get(split, split), tags=tags)
         except MlflowException:
@@ -339,15 +340,6 @@ def log_datasets(manifest: Mapping[str, Any], directory: Path) -> None:
             # inserts, and PostgreSQL refuses the second insert. Now it exists: link it.
             time.sleep(0.5)
             mlflow.log_input(dataset, context=_CONTEXTS.get(split, split), tags=tags)
-
-
-def _split_file(info: Mapping[str, Any]) -> tuple[str, str]:
-    """A split's file and sha256: its ``.npz``, or the inputs' ``.npy`` of a split stored as
-    one ``.npy`` per array (image folders)."""
-    if "file" in info:
-        return info["file"], info["sha256"]
-    x = info["files"]["x"]
-    return x["file"], x["sha256"]
 
 
 def close_orphans(experiment_id: str) -> list[str]:

@@ -268,10 +268,25 @@ def _rows(n: int, bad: object = None) -> list[list[object]]:
 
 
 USER_DATA_CASES = [
-    ("NaN in a CSV", "csv", _rows(40, "nan"), "mine.csv: contains 1 NaN or infinite value(s)"),
-    ("Inf in a CSV", "csv", _rows(40, "inf"), "mine.csv: contains 1 NaN or infinite value(s)"),
+    (
+        "NaN in a CSV",
+        "csv",
+        _rows(40, "nan"),
+        "column 'b' mixes numbers and text: line 4 (data row 3) holds 'nan'",
+    ),
+    (
+        "Inf in a CSV",
+        "csv",
+        _rows(40, "inf"),
+        "mine.csv: line 4 (data row 3), column 'b': inf is not a finite number",
+    ),
     ("empty CSV", "csv", _rows(0), "mine.csv: no data rows"),
-    ("one-sample CSV", "csv", _rows(1), "mine.csv: cannot split 1 samples"),
+    (
+        "one-sample CSV",
+        "csv",
+        _rows(1),
+        "column 'y' of data/raw/mine.csv has one value (0) on every row",
+    ),
     ("Inf in an NPZ", "npz", None, "mine.npz (target): contains 1 NaN or infinite value(s)"),
 ]
 

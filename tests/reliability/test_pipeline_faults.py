@@ -34,7 +34,8 @@ from helpers import (
 
 pytestmark = pytest.mark.slow
 
-SLOW_EPOCHS = 6
+# Enough epochs that the kill lands mid-training even on a loaded machine.
+SLOW_EPOCHS = 10
 RUNS = {
     "tiny": dict(TINY_RUN),
     # about a second per epoch (batches of 4): slow enough to kill in the middle
@@ -225,6 +226,7 @@ def test_same_params_and_seeds_give_bit_identical_metrics(repo):
     metrics = root / "reports" / "metrics" / "tiny.json"
     evidence = root / "reports" / "evidence" / "tiny.json"
     run_info = root / "reports" / "evidence" / "tiny.run.json"
+    assert run_stage(root, "baseline", "--dataset", "digits", env=env).returncode == 0
     assert run_stage(root, "evaluate", "--run", "tiny", env=env).returncode == 0
     first, first_info = metrics.read_bytes(), json.loads(run_info.read_text())
     first_evidence = evidence.read_bytes()
@@ -236,5 +238,13 @@ def test_same_params_and_seeds_give_bit_identical_metrics(repo):
     assert first == second
     assert evidence.read_bytes() == first_evidence
     assert set(json.loads(first)) == {"test", "baseline", "fit"}
-    assert set(json.loads(first_evidence)) == {"baselines", "train", "fit", "gradients"}
+    assert set(json.loads(first_evidence)) == {
+        "test",
+        "baselines",
+        "strongest_baseline",
+        "versus_baseline",
+        "train",
+        "fit",
+        "gradients",
+    }
     assert first_info["mlflow"]["run_id"] != second_info["mlflow"]["run_id"]

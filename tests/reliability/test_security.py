@@ -61,13 +61,28 @@ def test_a_python_object_in_params_is_refused_not_run(tmp_path):
 
 
 def test_subprocesses_take_argument_lists_never_params():
-    calls = [
-        (path.name, line.strip())
-        for path in SOURCES
-        for line in path.read_text().splitlines()
-        if re.search(r"subprocess\.(run|Popen|call|check_output)\(", line)
-    ]
-    assert calls == [("tracking.py", "out = subprocess.run(")]
+    """Every subprocess call takes an argument list (never a shell string), so no value from
+    params.yaml or a URL can reach a shell: git in tracking.py, the servers in server.py."""
+    import ast
+
+    calls = []
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            func = getattr(node, "func", None)
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(func, ast.Attribute)
+                and isinstance(func.value, ast.Name)
+                and func.value.id == "subprocess"
+                and func.attr in {"run", "Popen", "call", "check_output", "check_call"}
+            ):
+                continue
+            calls.append(path.name)
+            first = node.args[0] if node.args else None
+            assert not isinstance(first, ast.Constant | ast.JoinedStr), (path, node.lineno)
+            shell = [k for k in node.keywords if k.arg == "shell"]
+            assert not shell, (path, node.lineno)
+    assert sorted(set(calls)) == ["server.py", "tracking.py"]
     assert '["git", "rev-parse", "HEAD"]' in (ROOT / "src/deepfit/tracking.py").read_text()
 
 

@@ -116,6 +116,11 @@ def check_columns(
     return kinds
 
 
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds (so messages say 0, not np.int64(0))."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def _check_target(target: pd.Series, cfg: CsvConfig, file: Path, where: str) -> None:
     empty = np.flatnonzero(target.isna().to_numpy())
     if empty.size:
@@ -124,8 +129,8 @@ def _check_target(target: pd.Series, cfg: CsvConfig, file: Path, where: str) -> 
     values = target.unique()
     if len(values) < 2:
         raise DataError(
-            f"{where}.target: column {target.name!r} of {file} has one value ({values[0]!r}) on "
-            "every row; a target needs at least 2 distinct values"
+            f"{where}.target: column {target.name!r} of {file} has one value "
+            f"({_plain(values[0])!r}) on every row; a target needs at least 2 distinct values"
         )
     if cfg.task == "regression" and column_kind(target, str(target.name), file) != "numeric":
         raise DataError(f"{where}.target: column {target.name!r} of {file} is not numeric")

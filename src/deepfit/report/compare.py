@@ -41,7 +41,7 @@ _TAGS = {
     "error": "deepfit.error",
 }
 # The terminal and markdown show `name` (`<run>@<exp>`); CSV also has exp, run, run_id, start.
-_SHOWN = ["name", "model", "dataset", "status", "metric", "value", "95% ci", "vs best", "baseline"]
+_SHOWN = ["name", "model", "dataset", "status", "metric", "value", "ci95", "vs_best", "baseline"]
 _CSV_ONLY = ["exp", "run", "run_id", "start"]
 _INFO = {"run_id": "run_id", "name": "run_name", "status": "status", "start_time": "start_time"}
 
@@ -145,8 +145,8 @@ def _with_table_columns(frame: pd.DataFrame) -> pd.DataFrame:
         frame[f"_{end}"] = [
             _metric(frame, i, f"{k[0]}.{end}") if k else math.nan for i, k in enumerate(keys)
         ]
-    frame["95% ci"] = [
-        f"[{low:.4g}, {high:.4g}]" if not (math.isnan(low) or math.isnan(high)) else ""
+    frame["ci95"] = [
+        f"[{low:.3g}, {high:.3g}]" if not (math.isnan(low) or math.isnan(high)) else ""
         for low, high in zip(frame["_ci_low"], frame["_ci_high"], strict=True)
     ]
     # Lower is better after this sign flip, whatever the metric's direction.
@@ -259,7 +259,7 @@ def compare_table(frame: pd.DataFrame, options: Options) -> pd.DataFrame:
     rows = select(frame, options)
     if options.best_per:
         rows = best_per(rows, options.best_per)
-    rows = order(rows, options.sort, options.descending).assign(**{"vs best": within_noise(rows)})
+    rows = order(rows, options.sort, options.descending).assign(vs_best=within_noise(rows))
     headers = [DEFAULT_PARAMS.get(p, p) for p in options.params]
     columns = {c: c for c in _SHOWN} | {h: resolve(frame, h) for h in headers} | {"fit": "fit"}
     columns |= {key: resolve(frame, key) for key in _split(options.columns)}
