@@ -59,6 +59,8 @@ def choose(frame: pd.DataFrame, run: str | None = None, run_id: str | None = Non
         status = rows.iloc[0]["status"]
         if status != "FINISHED":
             raise PromoteError(f"MLflow run {run_id} is {status}; only finished runs are promoted")
+        if not _text(rows.iloc[0]["run"]):
+            raise PromoteError(f"MLflow run {run_id} has no deepfit.run tag: not a deepfit run")
         return rows
     if "tags.deepfit.study" in frame:
         frame = frame[frame["tags.deepfit.study"].isna()]  # variants of a study are not runs
