@@ -233,3 +233,15 @@ def runs_named(root: Path, run: str) -> list[Any]:
         filter_string=f"tags.`deepfit.run` = '{run}'",
         order_by=["attributes.start_time DESC"],
     )
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

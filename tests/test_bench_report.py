@@ -22,6 +22,7 @@ from bench import (
     measure,
     quality_rows,
     row,
+    row_order,
     write_report,
 )
 
@@ -110,7 +111,8 @@ def test_report_files(tmp_path: Path) -> None:
     lines = text.splitlines()
     header = lines.index("| id | measure | target | measured | status |")
     assert lines[header + 1] == "|---|---|---|---|---|"
-    assert lines[header + 2].startswith("| J1 | not measured")  # rows sorted by letter, number
+    first = min((rid for group in GROUPS for rid in group.ids), key=row_order)  # D2 today
+    assert lines[header + 2].startswith(f"| {first} | not measured")  # by letter, then number
     assert "| L1 | `deepfit --help` | <= 0.5 s | 0.4 s (0.3 s–0.5 s, n=3) | met |" in lines
     assert "| M1 | not measured: the benchmark stopped early |  |  | **not met** |" in lines
     assert text.endswith("## P5: stages\n\n| stage | seconds |\n|---|---|\n| prepare | 2.1 |\n")

@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_compare(commands)
     _add_diagnose(commands)
     _add_server(commands)
+    _add_promote(commands)
     args = cli.parse_args(argv)
+    if args.command == "promote":
+        return _promote(args)
     if args.command == "server":
         return _server(args)
     if args.command == "compare":
@@ -342,6 +345,72 @@ def _store_name(state: dict[str, Any]) -> str:
         if backend.startswith("sqlite")
         else ("PostgreSQL " + backend.split("@", 1)[1])
     )
+
+
+PROMOTE_HELP = """\
+Register a run's logged MLflow model in the model registry as deepfit-<run> and point the alias
+'champion' at it: by default the best finished run of every run name by its key test metric
+(the direction of KEY_METRICS: accuracy up, RMSE/MSE/FID down), or the best of --run NAME, or
+exactly --run-id ID. The model version's tags carry the evidence: key metric and value, the
+strongest baseline and its value, baseline and fit verdicts, DVC experiment, git commit.
+Serve it: mlflow models serve -m models:/deepfit-<run>@champion --env-manager local -h 127.0.0.1
+Exit status: 0 when promoted (or already champion), 2 on an error."""
+
+
+def _add_promote(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "promote",
+        help="register the best (or a given) run's model as deepfit-<run>@champion",
+        description=PROMOTE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmd.error = lambda message: _promote_error(message)  # type: ignore[method-assign]
+    which = cmd.add_mutually_exclusive_group()
+    which.add_argument("--run", metavar="NAME", help="deepfit run name, e.g. fnn")
+    which.add_argument("--run-id", metavar="ID", help="one MLflow run id")
+    cmd.add_argument(
+        "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or <repo>/mlflow.db)"
+    )
+    cmd.add_argument(
+        "--experiment", help="MLflow experiment (default: mlflow.experiment in params, deepfit)"
+    )
+
+
+def _promote_error(message: str) -> NoReturn:
+    print(f"deepfit promote: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    # pandas and MLflow load only here, so --help stays fast.
+    from deepfit import tracking
+    from deepfit.report import promote
+
+    try:
+        uri = args.tracking_uri or tracking.tracking_uri()
+        experiment = args.experiment or _experiment(Path(args.params))
+        done = promote.promote(uri, experiment, run=args.run, run_id=args.run_id)
+    except (promote.CompareError, ConfigError) as exc:
+        _promote_error(str(exc))
+    for item in done:
+        tags = item.tags
+        state = "registered" if item.new else "already champion:"
+        print(
+            f"{state} {item.model} version {item.version} @{promote.ALIAS} <- {item.run_name} "
+            f"(run {item.run_id}): {tags['deepfit.metric']} {_short(tags['deepfit.metric.value'])}"
+            f", {tags['deepfit.baseline'] or 'baseline'} {_short(tags['deepfit.baseline.value'])}"
+            f" ({tags['deepfit.baseline.verdict'] or 'no verdict'}), fit "
+            f"{tags['deepfit.fit.verdict'] or 'n/a'}"
+        )
+    print(
+        f"serve: mlflow models serve -m models:/{done[0].model}@{promote.ALIAS} "
+        "--env-manager local -h 127.0.0.1 -p 5001"
+    )
+    return 0
+
+
+def _short(value: str) -> str:
+    return f"{float(value):.4g}" if value else "n/a"
 
 
 if __name__ == "__main__":

@@ -12,10 +12,15 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 
 log = logging.getLogger(__name__)
+
+
+class TrackingLost(RuntimeError):
+    """The tracking store refused or stopped answering while training logged to it."""
 
 
 class MlflowMetrics(keras.callbacks.Callback):
@@ -32,18 +37,38 @@ class MlflowMetrics(keras.callbacks.Callback):
     def __init__(self) -> None:
         super().__init__()
         self.seconds = 0.0
+        self._queued: list[Any] = []
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.seconds = 0.0
+        self._queued = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         import mlflow
 
         started = time.perf_counter()
+        self._raise_failed()
         values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         if values:
-            mlflow.log_metrics(values, step=epoch + 1, synchronous=False)
+            self._queued.append(mlflow.log_metrics(values, step=epoch + 1, synchronous=False))
         self.seconds += time.perf_counter() - started
+
+    def _raise_failed(self) -> None:
+        """Stop training once an earlier epoch's values failed to reach the store (after
+        MLflow's bounded retries, DEEPFIT_TRACKING_TIMEOUT): without this, a dead tracking
+        server would only show at the end of the fit. Never waits for a pending request."""
+        pending = []
+        for operations in self._queued:
+            # MLflow's RunOperations has no public "done" check; its futures are plain
+            # concurrent.futures.Future objects.
+            futures = getattr(operations, "_operation_futures", None) or []
+            if not all(f.done() for f in futures):
+                pending.append(operations)
+                continue
+            failed = [f.exception() for f in futures if f.exception() is not None]
+            if failed:
+                raise TrackingLost(f"epoch metrics did not reach the MLflow store: {failed[0]}")
+        self._queued = pending
 
     def on_train_end(self, logs: dict | None = None) -> None:
         import mlflow

@@ -211,7 +211,7 @@ def _log_outputs(
     if "table" in data.manifest:
         _log_table_model(model, data)
     else:
-        _log_model(model, data.val[0][:5])
+        _log_model(model, data.val[0][:5], data.manifest.get("feature_scale"))
 
 
 def _brief(summary: dict[str, Any]) -> tuple[int, float, int]:
@@ -243,8 +243,47 @@ def _check_finite(model: keras.Model, history: dict[str, list[float]]) -> None:
         )
 
 
-def _log_model(model: keras.Model, x_example: np.ndarray) -> None:
-    """Log the model to MLflow with its signature (for a GAN: the generator, noise -> images)."""
+def raw_input_model(model: keras.Model, scale: dict[str, Any] | None) -> keras.Model:
+    """``model`` behind the feature scaling that prepare applied (digits: divided by the
+    training maximum; Keras datasets: by 255; NPZ vectors: standardised), so that it takes the
+    values of the user's files; unchanged when nothing was scaled in prepare (raw pixels,
+    tables, series)."""
+    from keras import layers
+
+    method = (scale or {}).get("method")
+    if method in ("divide_by_train_max", "divide"):
+        front = layers.Rescaling(1.0 / _divisor(scale), name="prepare_scale")
+    elif method == "standardize":
+        std = [s * s for s in scale["std"]]
+        front = layers.Normalization(mean=scale["mean"], variance=std, name="prepare_scale")
+    else:
+        return model
+    inputs = keras.Input(shape=model.input_shape[1:], name="raw")
+    return keras.Model(inputs, model(front(inputs)), name=f"{model.name}_raw_input")
+
+
+def raw_values(x: np.ndarray, scale: dict[str, Any] | None) -> np.ndarray:
+    """Prepared (scaled) inputs back in the units of the user's files: ``raw_input_model``'s."""
+    import numpy as np
+
+    method = (scale or {}).get("method")
+    if method in ("divide_by_train_max", "divide"):
+        return (np.asarray(x, dtype=np.float64) * _divisor(scale)).astype(np.float32)
+    if method == "standardize":
+        raw = np.asarray(x, dtype=np.float64) * np.asarray(scale["std"]) + scale["mean"]
+        return raw.astype(np.float32)
+    return np.asarray(x)
+
+
+def _divisor(scale: dict[str, Any]) -> float:
+    return float(scale["max"] if scale["method"] == "divide_by_train_max" else scale["value"])
+
+
+def _log_model(
+    model: keras.Model, x_example: np.ndarray, scale: dict[str, Any] | None = None
+) -> None:
+    """Log the model to MLflow with its signature, taking the user's raw values (for a GAN: the
+    generator, noise -> images)."""
     from importlib import metadata
 
     import mlflow
@@ -252,8 +291,9 @@ def _log_model(model: keras.Model, x_example: np.ndarray) -> None:
     from mlflow.models import infer_signature
 
     generative = hasattr(model, "generator")
-    target = model.generator if generative else model
-    x_example = np.asarray(x_example)  # not a memory map: MLflow stores it as the example
+    target = model.generator if generative else raw_input_model(model, scale)
+    # not a memory map: MLflow stores it as the example
+    x_example = np.asarray(x_example) if generative else raw_values(x_example, scale)
     if generative:
         rng = np.random.default_rng(0)
         x_example = rng.normal(size=(len(x_example), model.latent_dim)).astype("float32")

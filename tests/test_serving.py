@@ -1,0 +1,307 @@
+"""Serving: `deepfit promote` registers deepfit-<run>@champion, and the real `mlflow models serve`
+answers raw inputs as in the user's files (digits pixel values, CSV rows with an unseen category,
+uint8 RGB pixels) with the predictions that evaluation scored.
+
+One stage folder, three tiny runs (fnn on digits, on a CSV table, on a PNG folder), trained once;
+the three model servers start together on free loopback ports and are stopped by process group.
+A fast test checks the raw-input front of the logged model (prepare's scaling as a layer) alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from helpers import ROOT, free_port, make_workdir, run_stage, stage_env, tiny_params, tool
+
+TINY = {"model": "fnn", "units": [16], "dropout": 0.0}
+RUNS = {
+    "fnn": {**TINY, "dataset": "digits"},
+    "tab": {**TINY, "dataset": "t", "train": {"batch_size": 16}},
+    "pix": {**TINY, "dataset": "pics", "train": {"batch_size": 8}},
+}
+DATASETS = {
+    "t": {"source": "csv", "path": "t.csv", "target": "label", "task": "classification"},
+    "pics": {"source": "images", "path": "pics", "image_size": [8, 8], "color_mode": "rgb"},
+}
+CITIES = ["oslo", "paris", "rome"]
+# One grid point of two families: the baselines only need to exist for evaluate and promote.
+BASELINES = {
+    "logreg": {"standardize": [True], "C": [1.0]},
+    "svm": {"standardize": [True], "C": [10.0], "gamma": ["scale"]},
+}
+STARTUP_SECONDS = 120  # `mlflow models serve` imports TensorFlow before /ping answers
+
+
+def _env(root: Path) -> dict[str, str]:
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return stage_env(PYTHONPATH=str(ROOT / "src"), MLFLOW_TRACKING_URI=uri)
+
+
+def _table(n: int = 160, seed: int = 0) -> pd.DataFrame:
+    """Numeric, categorical and boolean columns; the label depends on all three kinds."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, n),
+            "income": rng.normal(50, 10, n).round(2),
+            "city": rng.choice(CITIES, n),
+            "member": rng.choice([True, False], n),
+        }
+    )
+    frame["label"] = np.where((frame.age > 45) ^ (frame.city == "rome") ^ frame.member, "yes", "no")
+    return frame
+
+
+def _images(folder: Path, per_class: int = 12) -> None:
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate(((200, 40, 40), (40, 40, 200))):
+        (folder / f"class_{c}").mkdir(parents=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 20, size=(8, 8, 3))
+            pixels = np.clip(np.asarray(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"class_{c}" / f"{i:02d}.png")
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [
+        {"method": "divide_by_train_max", "max": 16.0},
+        {"method": "divide", "value": 255.0},
+        {"method": "standardize", "mean": [1.0, -2.0, 0.5], "std": [2.0, 0.5, 1.0]},
+    ],
+    ids=lambda scale: scale["method"],
+)
+def test_logged_model_takes_the_values_prepare_scaled(scale: dict) -> None:
+    import keras
+
+    from deepfit.train.run import raw_input_model, raw_values
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(3,))
+    network = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    prepared = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    raw = raw_values(prepared, scale)
+    assert not np.allclose(raw, prepared)
+    served = raw_input_model(network, scale).predict(raw, verbose=0)
+    np.testing.assert_allclose(served, network.predict(prepared, verbose=0), atol=1e-5)
+    assert raw_input_model(network, {"method": "rescale_in_model", "scale": 1 / 255}) is network
+
+
+def test_promote_help_loads_no_mlflow_or_tensorflow() -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from deepfit.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['promote', '--help'])\n"
+        "print(sorted(m for m in ('mlflow', 'tensorflow', 'keras', 'pandas') if m in sys.modules))"
+    )
+    env = stage_env(PYTHONPATH=str(ROOT / "src"))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three runs prepared, baselined, trained, evaluated and promoted."""
+    raw = tiny_params(RUNS, epochs=3)
+    raw["datasets"].update(DATASETS)
+    raw["baselines"]["classification"] = BASELINES
+    root = make_workdir(tmp_path_factory.mktemp("serving") / "work", raw)
+    _table().to_csv(root / "data" / "raw" / "t.csv", index=False)
+    _images(root / "data" / "raw" / "pics")
+    env = _env(root)
+    for dataset in ("digits", "t", "pics"):
+        for stage in ("prepare", "baseline"):
+            done = run_stage(root, stage, "--dataset", dataset, env=env)
+            assert done.returncode == 0, done.stderr[-3000:]
+    for name in RUNS:
+        for stage in ("train", "evaluate"):
+            done = run_stage(root, stage, "--run", name, env=env)
+            assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run(
+        [tool("deepfit"), "promote"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def servers(root: Path) -> Iterator[dict[str, str]]:
+    """`mlflow models serve` of every champion, started together, stopped by process group."""
+    started: dict[str, tuple[subprocess.Popen, str]] = {}
+    try:
+        for name in RUNS:
+            port = free_port()
+            cmd = [tool("mlflow"), "models", "serve", "-m", f"models:/deepfit-{name}@champion"]
+            cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+            log = open(root / f"serve-{name}.log", "w")  # noqa: SIM115 (closed with the process)
+            process = subprocess.Popen(
+                cmd, cwd=root, env=_env(root), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+            started[name] = (process, f"http://127.0.0.1:{port}")
+        for name, (process, url) in started.items():
+            _wait_for_ping(process, url, root / f"serve-{name}.log")
+        yield {name: url for name, (_, url) in started.items()}
+    finally:
+        for process, _ in started.values():
+            _stop(process)
+
+
+def _wait_for_ping(process: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            urllib.request.urlopen(f"{url}/ping", timeout=2).close()
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    raise AssertionError(f"{url}/ping did not answer in {STARTUP_SECONDS} s: {log.read_text()}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)  # the server and its uvicorn workers
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _post(url: str, body: dict) -> list:
+    request = urllib.request.Request(
+        f"{url}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())["predictions"]
+
+
+def _scored(root: Path, run: str) -> pd.DataFrame:
+    """What evaluation predicted on the test split, row by row."""
+    return pd.read_csv(root / "reports" / "plots" / run / "eval" / "confusion.csv")
+
+
+def _keras_proba(root: Path, run: str, x: np.ndarray) -> np.ndarray:
+    import keras
+
+    model = keras.saving.load_model(root / "models" / run / "model.keras")
+    return np.asarray(model.predict(x, verbose=0))
+
+
+# ---------------------------------------------------------------- registry
+
+
+@pytest.mark.slow
+def test_promote_registers_the_champion_with_its_evidence(root: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for name in RUNS:
+        version = client.get_model_version_by_alias(f"deepfit-{name}", "champion")
+        summary = json.loads((root / "models" / name / "run.json").read_text())
+        assert version.run_id == summary["mlflow_run_id"], name
+        metrics = json.loads((root / "reports" / "metrics" / f"{name}.json").read_text())
+        tags = version.tags
+        assert tags["deepfit.metric"] == "test.accuracy", name
+        assert float(tags["deepfit.metric.value"]) == pytest.approx(metrics["test"]["accuracy"])
+        assert tags["deepfit.baseline"] == metrics["baseline"]["name"], name
+        assert float(tags["deepfit.baseline.value"]) == pytest.approx(
+            metrics["baseline"]["accuracy"]
+        )
+        assert tags["deepfit.baseline.verdict"] == metrics["baseline"]["verdict"], name
+        assert tags["deepfit.fit.verdict"] == metrics["fit"]["verdict"], name
+        assert tags["dvc_exp_name"] == "workspace" and tags["git_commit"], name
+    again = subprocess.run(
+        [tool("deepfit"), "promote", "--run", "fnn"],
+        cwd=root,
+        env=_env(root),
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0 and "already champion: deepfit-fnn version 1" in again.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--run", "nope"], "no MLflow run of deepfit run 'nope' in the experiment"),
+        (["--run-id", "0" * 32], f"no MLflow run with id {'0' * 32} in the experiment"),
+        (["--tracking-uri", "sqlite:////nowhere/mlflow.db"], "no MLflow store at /nowhere"),
+    ],
+)
+def test_promote_errors_are_one_line(root: Path, args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [tool("deepfit"), "promote", *args],
+        cwd=root,
+        env=_env(root),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"deepfit promote: error: {message}"), lines
+
+
+# ---------------------------------------------------------------- serving raw inputs
+
+
+@pytest.mark.slow
+def test_digits_model_serves_raw_pixel_values(root: Path, servers: dict[str, str]) -> None:
+    prepared = np.load(root / "data" / "prepared" / "digits" / "test.npz")["x"]
+    manifest = json.loads((root / "data" / "prepared" / "digits" / "manifest.json").read_text())
+    raw = np.rint(prepared * manifest["feature_scale"]["max"])  # the 0..16 values of the set
+    assert raw.max() == 16 and np.array_equal(raw, raw.astype(int))
+    proba = np.asarray(_post(servers["fnn"], {"inputs": raw.tolist()}))
+    np.testing.assert_allclose(proba, _keras_proba(root, "fnn", prepared), atol=1e-5)
+    assert proba.argmax(axis=1).tolist() == _scored(root, "fnn")["predicted"].tolist()
+
+
+@pytest.mark.slow
+def test_table_model_serves_raw_csv_rows(root: Path, servers: dict[str, str]) -> None:
+    from deepfit.data import load_prepared
+
+    data = load_prepared(root / "data" / "prepared" / "t")
+    rows = pd.read_csv(root / "data" / "raw" / "t.csv").iloc[data.extras["test"]["row"]]
+    features = rows.drop(columns="label")
+    split = json.loads(features.to_json(orient="split", index=False))
+    answers = pd.DataFrame(_post(servers["tab"], {"dataframe_split": split}))
+    assert list(answers.columns) == ["no", "yes"]
+    assert answers.idxmax(axis=1).tolist() == _scored(root, "tab")["predicted"].tolist()
+    np.testing.assert_allclose(
+        answers.to_numpy(), _keras_proba(root, "tab", data.test[0]), rtol=1e-5, atol=1e-6
+    )
+    unseen = features.head(2).assign(city=["tokyo", "oslo"])  # a city never seen in training
+    split = json.loads(unseen.to_json(orient="split", index=False))
+    out = pd.DataFrame(_post(servers["tab"], {"dataframe_split": split})).to_numpy()
+    assert out.shape == (2, 2) and np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_image_folder_model_serves_raw_uint8_pixels(root: Path, servers: dict[str, str]) -> None:
+    pixels = np.load(root / "data" / "prepared" / "pics" / "test_x.npy")
+    assert pixels.dtype == np.uint8 and pixels.shape[1:] == (8, 8, 3)  # the PNGs' own pixels
+    proba = np.asarray(_post(servers["pix"], {"inputs": pixels.tolist()}))
+    np.testing.assert_allclose(proba, _keras_proba(root, "pix", pixels), atol=1e-5)
+    manifest = json.loads((root / "data" / "prepared" / "pics" / "manifest.json").read_text())
+    names = [manifest["class_names"][i] for i in proba.argmax(axis=1)]
+    assert names == _scored(root, "pix")["predicted"].tolist()
