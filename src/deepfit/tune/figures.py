@@ -30,6 +30,8 @@ def search_figures(
 
 def history_png(summary: dict[str, Any], path: Path) -> Path:
     """Each trial's value by trial number, coloured by state, and the best so far."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = new_figure((8.0, 4.2))
     ax = fig.add_subplot()
     metric, sign = summary["metric"], 1 if summary["direction"] == "minimize" else -1
@@ -51,6 +53,7 @@ def history_png(summary: dict[str, Any], path: Path) -> Path:
     if xs:
         ax.step(xs, ys, where="post", color="black", label="best so far")
     failed = summary["counts"].get("failed", 0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{metric} (pruned: at the last epoch run)")
     ax.set_title(f"{summary['search']}: optimisation history ({failed} failed, not shown)")
@@ -80,6 +83,8 @@ def curves_png(
 ) -> Path:
     """Validation curve of the search metric per epoch, every trial (pruned ones dashed, up to
     the epoch they were stopped at); the best trial thick."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = new_figure((8.0, 4.6))
     ax = fig.add_subplot()
     best = (summary["best"] or {}).get("trial")
@@ -98,6 +103,7 @@ def curves_png(
     if not drawn:
         empty_panel(ax, "no trial finished an epoch")
     else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(search.metric)
         ax.grid(alpha=0.3)

@@ -162,4 +162,8 @@ def _num(value: float | None) -> str:
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items())
     return _yaml_value(value).replace("|", "\\|")

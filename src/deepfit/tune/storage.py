@@ -119,6 +119,8 @@ def quiet_optuna() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # deepfit beats the heart itself around each trial it asks for (``heartbeat``).
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 def _retry_callback() -> Any:
@@ -268,6 +270,11 @@ def worker_attrs() -> dict[str, Any]:
     if "deepfit.pid_start" in tags:
         attrs["deepfit.pid_start"] = tags["deepfit.pid_start"]
     return attrs
+
+
+def rdb(study: optuna.Study) -> Any:
+    """The study's RDBStorage (Optuna wraps it in a cache that has neither URL nor engine)."""
+    return getattr(study._storage, "_backend", study._storage)
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ def work(
 
 def next_trial(study: optuna.Study, search: TuningConfig) -> optuna.Trial | None:
     """The next trial (a queued retry first), or None when the budget is used up."""
-    storage = study._storage
+    storage = stores.rdb(study)
     with stores.budget_lock(storage, search.name):
         stores.fail_dead_trials(study)
         if not stores.budget_left(study, search):
@@ -61,7 +61,7 @@ def run_one(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> str:
     """Run one trial and tell the study how it ended: complete, pruned or failed."""
     from optuna.trial import TrialState
 
-    with stores.heartbeat(study._storage, trial):
+    with stores.heartbeat(stores.rdb(study), trial):
         try:
             result = run_trial(trial, ctx)
         except KeyboardInterrupt:
