@@ -46,13 +46,14 @@ PARENT_RUN = "deepfit.mlflow_parent"
 
 
 def resolve(url: str | None, name: str, root: Path | None = None) -> str:
-    """The study's storage URL (default: the sqlite file of the search), checked within about a
-    second; a TuneError names what is wrong."""
+    """The study's storage URL (default: the sqlite file of the search); a URL given is
+    connected to once, so that a TuneError names what is wrong within about a second."""
     if url is None:
         folder = (root or Path.cwd()).resolve() / DEFAULT_DIR
         folder.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{folder / f'{name}.db'}"
     check_reachable(url)
+    open_storage(url).engine.dispose()
     return url
 
 
@@ -110,7 +111,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             heartbeat_stale_trial_callback=_retry_callback(),
         )
     except (SQLAlchemyError, OSError, ImportError) as exc:
-        raise TuneError(f"--storage {_hide_password(url)}: {one_line(exc)[:300]}") from None
+        reason = one_line(exc).split(" (Background on this error")[0]
+        raise TuneError(f"--storage {_hide_password(url)}: {reason[:300]}") from None
 
 
 def quiet_optuna() -> None:
