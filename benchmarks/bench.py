@@ -19,6 +19,10 @@ same run (bare Keras, then the pipeline, for each seed), because these machines 
     Q5  GAN Frechet distance (fixed classifier's features); classes      <= 20; 10 of 10
     M1  MLflow per-epoch logging, share of the `cnn` fit time            <= 1 %
     D2  `source: images` prepare, 2,000 32x32 PNGs (benchmarks/images.py) >= 2,000 images/s
+    H1  TPE + median pruning vs random search, fnn on digits, 20 trials,  <= 60 % of the time,
+        2 search seeds                                                   best val loss <=
+    H2  `deepfit tune --workers 2` vs 1 on 2 cores, 20 trials            >= 1.6x trials/minute
+    H3  workers joining one PostgreSQL study, one killed mid-trial       0 lost, 0 duplicated
 
 Each group of targets is one function returning its rows and detail tables, listed in `GROUPS`.
 Writes reports/benchmarks.md and reports/benchmarks.json; exit status 0 when every target is
@@ -625,6 +629,109 @@ def images_rows(bench: Bench) -> tuple[Rows, Details]:
     return [d2], {}
 
 
+# H1/H2: the default search's space on the `fnn` run, 20 trials of at most TUNE_EPOCHS epochs.
+TUNE_TRIALS = 20
+TUNE_EPOCHS = 10
+TUNE_SEEDS = (1, 2)
+
+
+def tuning_repo(work: Path) -> Path:
+    """A copy of the repository with digits prepared and the benchmark's searches declared:
+    ``h1_tpe_<seed>`` (TPE, median pruning), ``h1_random_<seed>`` (random, no pruning) and
+    ``h2`` (random, no pruning, for a fixed amount of work per trial)."""
+    repo = copy_repo(work / "tuning")
+    run([sys.executable, "-m", "deepfit.stages.prepare", "--dataset", "digits"], repo)
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    default = raw["tuning"]["fnn"]
+    fixed = {**default.get("fixed", {}), "train.epochs": TUNE_EPOCHS}
+
+    def search(sampler: str, seed: int, pruner: str) -> dict[str, Any]:
+        return {
+            **default,
+            "trials": TUNE_TRIALS,
+            "sampler": {"name": sampler, "seed": seed},
+            "pruner": pruner,
+            "fixed": fixed,
+        }
+
+    raw["tuning"] = {"h2": search("random", 1, "none")}
+    for seed in TUNE_SEEDS:
+        raw["tuning"][f"h1_tpe_{seed}"] = search("tpe", seed, "median")
+        raw["tuning"][f"h1_random_{seed}"] = search("random", seed, "none")
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return repo
+
+
+def tune(repo: Path, name: str, *options: str) -> dict[str, Any]:
+    """One `deepfit tune` of a fresh study: its wall time (process start included) and report."""
+    started = time.perf_counter()
+    run(["deepfit", "tune", name, "--storage", f"sqlite:///{repo / name}.db", *options], repo)
+    seconds = time.perf_counter() - started
+    found = json.loads((repo / "reports" / "tuning" / f"{name}.json").read_text())
+    return {"seconds": seconds, "best": found["best"]["value"], "counts": found["counts"]}
+
+
+def tuning_rows(bench: Bench) -> tuple[Rows, Details]:
+    """H1: TPE with median pruning against random search without pruning, same budget, per
+    search seed (interleaved); H2: two worker processes against one; H3: not measured here."""
+    repo = tuning_repo(bench.work)
+    h1 = {}
+    for seed in TUNE_SEEDS:
+        for kind in ("tpe", "random"):
+            h1[(kind, seed)] = tune(repo, f"h1_{kind}_{seed}")
+            print(f"    h1 {kind} seed {seed}: {h1[(kind, seed)]}", flush=True)
+    time_share = sum(h1[("tpe", s)]["seconds"] for s in TUNE_SEEDS) / sum(
+        h1[("random", s)]["seconds"] for s in TUNE_SEEDS
+    )
+    best = {k: statistics.mean(h1[(k, s)]["best"] for s in TUNE_SEEDS) for k in ("tpe", "random")}
+    met = time_share <= 0.6 and best["tpe"] <= best["random"]
+    value = f"{time_share:.0%} of the time, best val loss {best['tpe']:.4g} vs {best['random']:.4g}"
+    rows = [
+        row(
+            "H1",
+            "TPE + median pruning vs random search, fnn on digits, 20 trials, 2 search seeds",
+            "<= 60 % of the time, best val loss <=",
+            value,
+            met,
+        )
+    ]
+    rates = {}
+    for workers in (1, 2):
+        done = tune(repo, "h2", "--workers", str(workers))
+        rates[workers] = TUNE_TRIALS / done["seconds"] * 60
+    ratio = rates[2] / rates[1]
+    rows.append(
+        row(
+            "H2",
+            "`deepfit tune --workers 2` vs 1 on 2 cores, 20 trials "
+            f"({rates[1]:.1f} vs {rates[2]:.1f} trials/min)",
+            ">= 1.6×",
+            ratio,
+            ratio >= 1.6,
+            "×",
+        )
+    )
+    rows.append(
+        row(
+            "H3",
+            "workers joining one PostgreSQL study, one killed mid-trial: "
+            "not measured (needs a PostgreSQL database for the study)",
+            "0 lost, 0 duplicated",
+            "not measured",
+            None,
+        )
+    )
+    table = markdown_table(
+        ["search", "seed", "seconds", "best val loss", "complete", "pruned", "failed"],
+        "llrrrrr",
+        [
+            [k, s, f"{r['seconds']:.1f}", f"{r['best']:.4g}", *r["counts"].values()]
+            for (k, s), r in h1.items()
+        ],
+    )
+    return rows, {"H1: each search (wall time of `deepfit tune`, start-up included)": table}
+
+
 @dataclass(frozen=True)
 class Group:
     ids: tuple[str, ...]  # the rows it measures: listed as not measured if it never ran
@@ -644,6 +751,7 @@ GROUPS = (
     Group(("J1", "J2", "J3", "J4", "J5"), judgment_rows),
     Group(("P6",), flops_rows),
     Group(("D2",), images_rows),
+    Group(("H1", "H2", "H3"), tuning_rows),  # works in its own copy: runs alone with --only
 )
 
 
@@ -780,6 +888,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_argument("--seeds", default="7,8,9", help="training seeds for P1, P2, Q1, Q2, M1")
     cli.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     cli.add_argument("--keep", action="store_true", help="keep the temporary repositories")
+    cli.add_argument(
+        "--only", help="comma-separated row ids: run just the groups that measure them (H1,H2)"
+    )
     return cli.parse_args(argv)
 
 
@@ -790,11 +901,15 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="deepfit-bench-"))
     seeds = [int(s) for s in args.seeds.split(",")]
     try:
-        rows, details = measure(Bench(work, args.repeats, args.cold_repeats, seeds))
+        groups = GROUPS
+        if args.only:
+            wanted = set(args.only.split(","))
+            groups = tuple(g for g in GROUPS if wanted & set(g.ids))
+        rows, details = measure(Bench(work, args.repeats, args.cold_repeats, seeds), groups)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    rows = complete(rows)
+    rows = complete(rows, groups)
     seconds = time.perf_counter() - started
     result = {"machine": info, "seconds": seconds, "rows": rows, "details": details}
     print(write_report(result, args.out))

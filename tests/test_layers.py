@@ -1,5 +1,5 @@
 """The import direction of the library: a package imports from the core and from earlier
-pipeline steps, never from later ones (core < data < models < train < evaluate < study <
+pipeline steps, never from later ones (core < data < models < train < evaluate < study < tune <
 report); the stages and the `deepfit` command may import anything.
 
 Read from the source with ``ast``: every import, at module level or inside a function, counts.
@@ -15,8 +15,8 @@ import pytest
 from helpers import ROOT
 
 PACKAGE = ROOT / "src" / "deepfit"
-CORE = ("config", "tracking", "outputs", "figures")
-STEPS = ("core", "data", "models", "train", "evaluate", "study", "report")
+CORE = ("config", "tracking", "outputs", "figures", "server")
+STEPS = ("core", "data", "models", "train", "evaluate", "study", "tune", "report")
 FREE = ("stages", "cli")  # thin CLIs: they call every step
 
 
