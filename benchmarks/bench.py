@@ -633,6 +633,7 @@ def images_rows(bench: Bench) -> tuple[Rows, Details]:
 TUNE_TRIALS = 20
 TUNE_EPOCHS = 10
 TUNE_SEEDS = (1, 2)
+H3_TRIALS = 8
 
 
 def tuning_repo(work: Path) -> Path:
@@ -654,7 +655,8 @@ def tuning_repo(work: Path) -> Path:
             "fixed": fixed,
         }
 
-    raw["tuning"] = {"h2": search("random", 1, "none")}
+    raw["tuning"] = {"h2": search("random", 1, "none"), "h3": search("random", 3, "none")}
+    raw["tuning"]["h3"]["trials"] = H3_TRIALS
     for seed in TUNE_SEEDS:
         raw["tuning"][f"h1_tpe_{seed}"] = search("tpe", seed, "median")
         raw["tuning"][f"h1_random_{seed}"] = search("random", seed, "none")
@@ -673,7 +675,7 @@ def tune(repo: Path, name: str, *options: str) -> dict[str, Any]:
 
 def tuning_rows(bench: Bench) -> tuple[Rows, Details]:
     """H1: TPE with median pruning against random search without pruning, same budget, per
-    search seed (interleaved); H2: two worker processes against one; H3: not measured here."""
+    search seed (interleaved); H2: two worker processes against one; H3: a worker killed."""
     repo = tuning_repo(bench.work)
     h1 = {}
     for seed in TUNE_SEEDS:
@@ -711,16 +713,7 @@ def tuning_rows(bench: Bench) -> tuple[Rows, Details]:
             "×",
         )
     )
-    rows.append(
-        row(
-            "H3",
-            "workers joining one PostgreSQL study, one killed mid-trial: "
-            "not measured (needs a PostgreSQL database for the study)",
-            "0 lost, 0 duplicated",
-            "not measured",
-            None,
-        )
-    )
+    rows.append(h3_row(repo))
     table = markdown_table(
         ["search", "seed", "seconds", "best val loss", "complete", "pruned", "failed"],
         "llrrrrr",
@@ -730,6 +723,76 @@ def tuning_rows(bench: Bench) -> tuple[Rows, Details]:
         ],
     )
     return rows, {"H1: each search (wall time of `deepfit tune`, start-up included)": table}
+
+
+def h3_row(repo: Path) -> dict[str, Any]:
+    """H3: a study in the ``optuna`` database of `deepfit server --db postgres`; a second worker
+    joins it and is killed (kill -9) in the middle of a trial; the first finishes the budget."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run(["deepfit", "server", "--db", "postgres", "--port", str(port), "--detach"], repo)
+    try:
+        state = json.loads((repo / ".dvc/tmp/deepfit/server.json").read_text())
+        os.environ["PGPASSFILE"] = str(repo / ".dvc/tmp/deepfit/pgpass")  # for this process
+        environ = {**env(repo), "MLFLOW_TRACKING_URI": state["url"]}
+        cmd = ["deepfit", "tune", "h3", "--storage", state["studies"]]
+        first = subprocess.Popen(cmd, cwd=repo, env=environ, stdout=subprocess.DEVNULL)
+        _wait_trials(state["studies"], lambda ts: any(t.state.name == "COMPLETE" for t in ts))
+        joiner = subprocess.Popen(
+            [*cmd, "--join"], cwd=repo, env=environ, stdout=subprocess.DEVNULL
+        )
+        _wait_trials(
+            state["studies"],
+            lambda ts: any(
+                t.state.name == "RUNNING" and t.user_attrs.get("deepfit.pid") == joiner.pid
+                for t in ts
+            ),
+        )
+        time.sleep(2)  # into the trial's training
+        os.kill(joiner.pid, 9)
+        joiner.wait()
+        if first.wait(timeout=900) != 0:
+            raise RuntimeError("H3: the first worker failed")
+        trials = _wait_trials(state["studies"], lambda ts: True)
+    finally:
+        run(["deepfit", "server", "stop"], repo, check=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    stuck = [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    killed = [t for t in trials if t.state.name == "FAIL" and t.number in retried]
+    lost = max(0, H3_TRIALS - len(finished)) + len(stuck)
+    duplicated = max(0, len(finished) - H3_TRIALS)
+    value = (
+        f"{lost} lost, {duplicated} duplicated ({len(killed)} trial killed and retried, "
+        f"{len(finished)} finished)"
+    )
+    return row(
+        "H3",
+        "2 workers sharing a study in PostgreSQL (`deepfit server --db postgres`), "
+        "the joining one killed mid-trial, 8 trials",
+        "0 lost, 0 duplicated",
+        value,
+        lost == 0 and duplicated == 0 and len(killed) == 1,
+    )
+
+
+def _wait_trials(url: str, done: Callable[[list], bool], timeout: float = 600) -> list:
+    """Poll the study ``h3`` until ``done(trials)``."""
+    import optuna
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            trials = optuna.load_study(study_name="h3", storage=url).get_trials(deepcopy=False)
+        except KeyError:  # not created yet
+            trials = []
+        if trials and done(trials):
+            return trials
+        time.sleep(1)
+    raise RuntimeError("H3: the study did not get there within 10 minutes")
 
 
 @dataclass(frozen=True)

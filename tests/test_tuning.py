@@ -160,10 +160,17 @@ def search_dir(root: Path, prepared: Path, **search: object) -> Path:
 
 
 def study_trials(root: Path, name: str = "tiny") -> list:
+    """The trials of the search's study in its default sqlite file; none before it exists."""
     import optuna
 
-    url = f"sqlite:///{root / '.dvc/tmp/deepfit/tuning' / f'{name}.db'}"
-    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    db = root / ".dvc/tmp/deepfit/tuning" / f"{name}.db"
+    if not db.exists():
+        return []
+    try:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    except KeyError:  # the file is there, the study not yet
+        return []
+    return study.get_trials(deepcopy=False)
 
 
 @pytest.fixture(scope="module")
@@ -295,8 +302,7 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path, pr
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        db = root / ".dvc/tmp/deepfit/tuning/tiny.db"
-        trials = study_trials(root) if db.exists() else []
+        trials = study_trials(root)
         if any(t.state.name == "COMPLETE" for t in trials) and trials[-1].state.name == "RUNNING":
             break
     os.kill(worker.pid, signal.SIGKILL)  # kill -9 in the middle of a trial

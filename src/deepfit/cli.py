@@ -328,6 +328,8 @@ def _server(args: argparse.Namespace) -> int:
         f"MLflow server on {state['url']} ({_store_name(state)}, artifacts: {state['artifacts']})"
     )
     print(f"log to it: export MLFLOW_TRACKING_URI={state['url']}")
+    if state.get("studies"):
+        print(f"share a search's study: deepfit tune NAME --storage {state['studies']}")
     if args.detach:
         print("stop it: deepfit server stop")
         return 0

@@ -53,8 +53,26 @@ def resolve(url: str | None, name: str, root: Path | None = None) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{folder / f'{name}.db'}"
     check_reachable(url)
+    _pgpass(url, root or Path.cwd())
     open_storage(url).engine.dispose()
     return url
+
+
+def _pgpass(url: str, root: Path) -> None:
+    """The password of `deepfit server --db postgres`, for its ``optuna`` database: libpq reads
+    the server's pgpass file (never a URL or an argument) unless PGPASSFILE names another."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    from deepfit.server import HOST, PG_USER, Paths
+
+    parsed = make_url(url)
+    if parsed.username != PG_USER or parsed.host not in (HOST, "localhost"):
+        return  # another server: the user's own ~/.pgpass or PGPASSFILE
+    found = Paths.for_repo(tracking.repo_root(root)).pgpass
+    if found.is_file():
+        os.environ.setdefault("PGPASSFILE", str(found))
 
 
 def check_reachable(url: str) -> None:

@@ -129,7 +129,9 @@ def worker_command(params_file: str, name: str, url: str, threads: int) -> list[
 
 
 def spawn(commands: list[list[str]]) -> list[Any]:
-    """Start worker processes; they inherit this one's environment and folder."""
+    """Start worker processes in this one's environment and folder. Each gets its own session:
+    Ctrl-C reaches only this process, which passes one SIGINT on to each worker (a second one
+    would interrupt a worker while it fails its trial and queues the retry)."""
     import subprocess
 
-    return [subprocess.Popen(cmd) for cmd in commands]
+    return [subprocess.Popen(cmd, start_new_session=True) for cmd in commands]
