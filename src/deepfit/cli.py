@@ -59,6 +59,11 @@ def _validate(args: argparse.Namespace) -> int:
             f"run {name}: {run.model} on {run.dataset}, {run.train.epochs} epochs, "
             f"{opt.name} lr={opt.learning_rate:g}"
         )
+    for name, search in params.tuning.items():
+        print(
+            f"search {name}: {search.trials} trials of {search.base.name} over "
+            f"{', '.join(search.space)} ({search.sampler}, {search.pruner} pruning)"
+        )
     return 0
 
 
