@@ -27,11 +27,16 @@ class MlflowMetrics(keras.callbacks.Callback):
     ``mlflow.keras.MlflowCallback`` does the same per epoch but also logs the validation metrics
     a second time as ``validation_*`` without a step (its ``on_test_end``), which breaks the
     per-epoch curves; this is its ``on_epoch_end`` alone, with 1-based steps.
+
+    ``synchronous=True`` writes each epoch at once instead: for the short runs of a search, where
+    draining MLflow's asynchronous queue at the end of each run costs about a second, more than
+    the writes themselves.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, synchronous: bool = False) -> None:
         super().__init__()
         self.seconds = 0.0
+        self.synchronous = synchronous
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.seconds = 0.0
@@ -42,12 +47,14 @@ class MlflowMetrics(keras.callbacks.Callback):
         started = time.perf_counter()
         values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         if values:
-            mlflow.log_metrics(values, step=epoch + 1, synchronous=False)
+            mlflow.log_metrics(values, step=epoch + 1, synchronous=self.synchronous)
         self.seconds += time.perf_counter() - started
 
     def on_train_end(self, logs: dict | None = None) -> None:
         import mlflow
 
+        if self.synchronous:
+            return
         started = time.perf_counter()
         mlflow.flush_async_logging()
         self.seconds += time.perf_counter() - started

@@ -111,7 +111,7 @@ def _fit(
     callbacks = [
         DivergenceGuard(),  # first: a NaN epoch is never logged or reported
         *standard_callbacks(run.train, generative=False),
-        MlflowMetrics(),  # before pruning: the pruned epoch's values are logged too
+        MlflowMetrics(synchronous=True),  # before pruning: the pruned epoch is logged too
         pruning,
     ]
     state = "complete"
@@ -123,8 +123,6 @@ def _fit(
         trial.set_user_attr("deepfit.history", pruning.history)
         mlflow.set_tag(STATE_TAG, "failed")
         raise
-    finally:
-        mlflow.flush_async_logging()
     return pruning.history, state
 
 
