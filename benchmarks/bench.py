@@ -631,7 +631,7 @@ def images_rows(bench: Bench) -> tuple[Rows, Details]:
 
 # H1/H2: the default search's space on the `fnn` run, 20 trials of at most TUNE_EPOCHS epochs.
 TUNE_TRIALS = 20
-TUNE_EPOCHS = 10
+TUNE_EPOCHS = 20
 TUNE_SEEDS = (1, 2)
 H3_TRIALS = 8
 
