@@ -323,6 +323,12 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path, pr
     assert len(finished) == 4 and len(trials) == 5
     report = json.loads((root / "reports/tuning/tiny.json").read_text())
     assert report["counts"]["failed"] == 1 and len(report["trials"]) == 5
+    client = mlflow_client(root)
+    runs = client.search_runs([client.get_experiment_by_name("deepfit").experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]  # the killed ones closed KILLED
+    killed_run = killed[0].user_attrs.get("deepfit.mlflow_run_id")
+    if killed_run:  # killed after its MLflow run had started
+        assert client.get_run(killed_run).info.status == "KILLED"
 
 
 @pytest.mark.slow

@@ -243,6 +243,7 @@ def budget_used(study: optuna.Study) -> int:
 
 
 def budget_left(study: optuna.Study, search: TuningConfig) -> bool:
+    """Whether another trial may start (a grid also stops when its points are used up)."""
     from optuna.trial import TrialState
 
     if search.sampler == "grid" and not study.get_trials(states=(TrialState.WAITING,)):
