@@ -246,7 +246,7 @@ def test_compare_studies_lists_the_trials_and_apply_prints_the_best(searched):
     )
     assert apply.returncode == 0 and apply.stdout.strip() == best["apply"]
     units = best["params"]["units"]
-    assert f"'runs.tiny.units=[{', '.join(map(str, units))}]'" in apply.stdout
+    assert f"'++runs.tiny.units=[{', '.join(map(str, units))}]'" in apply.stdout
 
 
 @pytest.mark.slow
