@@ -96,12 +96,13 @@ def importances(study: optuna.Study, search: TuningConfig) -> dict[str, float]:
 
 
 def apply_command(base: str, row: dict[str, Any]) -> list[str]:
-    """``dvc exp run -S ++runs.<base>.<key>=<value> ...`` for a trial's values (``++`` adds a
-    key the run inherits, such as its learning rate, or overrides one it has)."""
+    """``dvc exp run -S ++runs.<base>.<key>=<value> ... report`` for a trial's values (``++``
+    adds a key the run inherits, such as its learning rate, or overrides one it has). The
+    target ``report`` trains and evaluates the run, and leaves the search itself alone."""
     command = ["dvc", "exp", "run"]
     for key, value in row["params"].items():
         command += ["-S", f"++runs.{base}.{key}={_yaml_value(value)}"]
-    return command
+    return [*command, "report"]
 
 
 def _yaml_value(value: Any) -> str:
