@@ -79,12 +79,14 @@ def _axis(param: SpaceParam) -> list[Any]:
 
 
 def sampler(search: TuningConfig, trials_before: int) -> optuna.samplers.BaseSampler:
-    """The sampler for the next trial, seeded by the search's seed plus the trials before it:
-    a trial's values depend only on the seed and the study's history, so one worker repeats
-    a search exactly, also after a resume. A grid's points are enqueued; random fills none."""
+    """The sampler for the next trial, seeded from the search's seed and the number of trials
+    before it: a trial's values depend only on the seed and the study's history, so one worker
+    repeats a search exactly, also after a resume. (Mixed, not added: seeds 1 and 2 would
+    otherwise draw the same trials one place apart.) A grid's points are enqueued."""
+    import numpy as np
     import optuna
 
-    seed = search.seed + trials_before
+    seed = int(np.random.SeedSequence([search.seed, trials_before]).generate_state(1)[0])
     if search.sampler == "tpe":
         startup = max(3, min(10, search.trials // 4))
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
