@@ -20,6 +20,10 @@ same run (bare Keras, then the pipeline, for each seed), because these machines 
     M1  MLflow per-epoch logging, share of the `cnn` fit time            <= 1 %
     D2  `source: images` prepare, 2,000 32x32 PNGs (benchmarks/images.py) >= 2,000 images/s
     S3  `dvc pull` into a fresh clone, then `dvc repro`                  no stage runs
+    H1  TPE + median pruning vs random search, fnn on digits, 20 trials,  <= 60 % of the time,
+        2 search seeds                                                   best val loss <=
+    H2  `deepfit tune --workers 2` vs 1 on 2 cores, 20 trials            >= 1.6x trials/minute
+    H3  workers joining one PostgreSQL study, one killed mid-trial       0 lost, 0 duplicated
 
 Each group of targets is one function returning its rows and detail tables, listed in `GROUPS`.
 Writes reports/benchmarks.md and reports/benchmarks.json; exit status 0 when every target is
@@ -665,6 +669,186 @@ def pull_rows(bench: Bench) -> tuple[Rows, Details]:
     return [s3], {}
 
 
+# H1/H2: the default search's space on the `fnn` run, 20 trials of at most TUNE_EPOCHS epochs.
+TUNE_TRIALS = 20
+TUNE_EPOCHS = 20
+TUNE_SEEDS = (1, 2)
+H3_TRIALS = 8
+
+
+def tuning_repo(work: Path) -> Path:
+    """A copy of the repository with digits prepared and the benchmark's searches declared:
+    ``h1_tpe_<seed>`` (TPE, median pruning), ``h1_random_<seed>`` (random, no pruning) and
+    ``h2`` (random, no pruning, for a fixed amount of work per trial)."""
+    work.mkdir(parents=True, exist_ok=True)
+    repo = copy_repo(work / "tuning")
+    run([sys.executable, "-m", "deepfit.stages.prepare", "--dataset", "digits"], repo)
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    default = raw["tuning"]["fnn"]
+    fixed = {**default.get("fixed", {}), "train.epochs": TUNE_EPOCHS}
+
+    def search(sampler: str, seed: int, pruner: str) -> dict[str, Any]:
+        return {
+            **default,
+            "trials": TUNE_TRIALS,
+            "sampler": {"name": sampler, "seed": seed},
+            "pruner": pruner,
+            "fixed": fixed,
+        }
+
+    raw["tuning"] = {"h2": search("random", 1, "none"), "h3": search("random", 3, "none")}
+    raw["tuning"]["h3"]["trials"] = H3_TRIALS
+    for seed in TUNE_SEEDS:
+        raw["tuning"][f"h1_tpe_{seed}"] = search("tpe", seed, "median")
+        raw["tuning"][f"h1_random_{seed}"] = search("random", seed, "none")
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return repo
+
+
+def tune(repo: Path, name: str, *options: str) -> dict[str, Any]:
+    """One `deepfit tune` of a fresh study: its wall time (process start included) and report."""
+    started = time.perf_counter()
+    run(["deepfit", "tune", name, "--storage", f"sqlite:///{repo / name}.db", *options], repo)
+    seconds = time.perf_counter() - started
+    found = json.loads((repo / "reports" / "tuning" / f"{name}.json").read_text())
+    return {"seconds": seconds, "best": found["best"]["value"], "counts": found["counts"]}
+
+
+def search_rows(bench: Bench) -> tuple[Rows, Details]:
+    """H1: TPE with median pruning against random search without pruning, same budget, per
+    search seed (interleaved)."""
+    repo = tuning_repo(bench.work / "h1")
+    h1 = {}
+    for seed in TUNE_SEEDS:
+        for kind in ("tpe", "random"):
+            h1[(kind, seed)] = tune(repo, f"h1_{kind}_{seed}")
+            print(f"    h1 {kind} seed {seed}: {h1[(kind, seed)]}", flush=True)
+    time_share = sum(h1[("tpe", s)]["seconds"] for s in TUNE_SEEDS) / sum(
+        h1[("random", s)]["seconds"] for s in TUNE_SEEDS
+    )
+    best = {k: statistics.mean(h1[(k, s)]["best"] for s in TUNE_SEEDS) for k in ("tpe", "random")}
+    met = time_share <= 0.6 and best["tpe"] <= best["random"]
+    value = f"{time_share:.0%} of the time, best val loss {best['tpe']:.4g} vs {best['random']:.4g}"
+    rows = [
+        row(
+            "H1",
+            "TPE + median pruning vs random search, fnn on digits, 20 trials, 2 search seeds",
+            "<= 60 % of the time, best val loss <=",
+            value,
+            met,
+        )
+    ]
+    table = markdown_table(
+        ["search", "seed", "seconds", "best val loss", "complete", "pruned", "failed"],
+        "llrrrrr",
+        [
+            [k, s, f"{r['seconds']:.1f}", f"{r['best']:.4g}", *r["counts"].values()]
+            for (k, s), r in h1.items()
+        ],
+    )
+    return rows, {"H1: each search (wall time of `deepfit tune`, start-up included)": table}
+
+
+def h3_row(repo: Path) -> dict[str, Any]:
+    """H3: a study in the ``optuna`` database of `deepfit server --db postgres`; a second worker
+    joins it and is killed (kill -9) in the middle of a trial; the first finishes the budget."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for folder in (repo.parent.parent, repo.parent):  # mkdtemp's 0700: PostgreSQL's own user
+        folder.chmod(0o755)  # runs the cluster below the copy and must reach it
+    run(["deepfit", "server", "--db", "postgres", "--port", str(port), "--detach"], repo)
+    try:
+        state = json.loads((repo / ".dvc/tmp/deepfit/server.json").read_text())
+        os.environ["PGPASSFILE"] = str(repo / ".dvc/tmp/deepfit/pgpass")  # for this process
+        environ = {**env(repo), "MLFLOW_TRACKING_URI": state["url"]}
+        cmd = ["deepfit", "tune", "h3", "--storage", state["studies"]]
+        first = subprocess.Popen(cmd, cwd=repo, env=environ, stdout=subprocess.DEVNULL)
+        _wait_trials(state["studies"], lambda ts: any(t.state.name == "COMPLETE" for t in ts))
+        joiner = subprocess.Popen(
+            [*cmd, "--join"], cwd=repo, env=environ, stdout=subprocess.DEVNULL
+        )
+        _wait_trials(
+            state["studies"],
+            lambda ts: any(
+                t.state.name == "RUNNING" and t.user_attrs.get("deepfit.pid") == joiner.pid
+                for t in ts
+            ),
+        )
+        time.sleep(2)  # into the trial's training
+        os.kill(joiner.pid, 9)
+        joiner.wait()
+        if first.wait(timeout=900) != 0:
+            raise RuntimeError("H3: the first worker failed")
+        trials = _wait_trials(state["studies"], lambda ts: True)
+    finally:
+        run(["deepfit", "server", "stop"], repo, check=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    stuck = [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    killed = [t for t in trials if t.state.name == "FAIL" and t.number in retried]
+    lost = max(0, H3_TRIALS - len(finished)) + len(stuck)
+    duplicated = max(0, len(finished) - H3_TRIALS)
+    value = (
+        f"{lost} lost, {duplicated} duplicated ({len(killed)} trial killed and retried, "
+        f"{len(finished)} finished)"
+    )
+    return row(
+        "H3",
+        "2 workers sharing a study in PostgreSQL (`deepfit server --db postgres`), "
+        "the joining one killed mid-trial, 8 trials",
+        "0 lost, 0 duplicated",
+        value,
+        lost == 0 and duplicated == 0 and len(killed) == 1,
+    )
+
+
+def _wait_trials(url: str, done: Callable[[list], bool], timeout: float = 600) -> list:
+    """Poll the study ``h3`` until ``done(trials)``."""
+    import optuna
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            trials = optuna.load_study(study_name="h3", storage=url).get_trials(deepcopy=False)
+        except KeyError:  # not created yet
+            trials = []
+        if trials and done(trials):
+            return trials
+        time.sleep(1)
+    raise RuntimeError("H3: the study did not get there within 10 minutes")
+
+
+def worker_rows(bench: Bench) -> tuple[Rows, Details]:
+    """H2: two worker processes against one; H3: a joining worker killed, on PostgreSQL."""
+    repo = tuning_repo(bench.work / "h2")
+    rows = []
+    rates = {}
+    for workers in (1, 2):
+        done = tune(repo, "h2", "--workers", str(workers))
+        rates[workers] = TUNE_TRIALS / done["seconds"] * 60
+        print(f"    h2 {workers} worker(s): {done}", flush=True)
+    ratio = rates[2] / rates[1]
+    rows.append(
+        row(
+            "H2",
+            "`deepfit tune --workers 2` vs 1 on 2 cores, 20 trials "
+            f"({rates[1]:.1f} vs {rates[2]:.1f} trials/min)",
+            ">= 1.6×",
+            ratio,
+            ratio >= 1.6,
+            "×",
+        )
+    )
+    try:
+        rows.append(h3_row(repo))
+    except Exception as exc:  # keep H2; say why H3 was not measured
+        rows.append(row("H3", f"not measured: {exc}"[:400], "0 lost, 0 duplicated", "", False))
+    return rows, {}
+
+
 @dataclass(frozen=True)
 class Group:
     ids: tuple[str, ...]  # the rows it measures: listed as not measured if it never ran
@@ -685,6 +869,8 @@ GROUPS = (
     Group(("J1", "J2", "J3", "J4", "J5"), judgment_rows),
     Group(("P6",), flops_rows),
     Group(("D2",), images_rows),
+    Group(("H1",), search_rows),  # these two work in their own copies: they run alone with --only
+    Group(("H2", "H3"), worker_rows),
 )
 
 
@@ -821,6 +1007,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_argument("--seeds", default="7,8,9", help="training seeds for P1, P2, Q1, Q2, M1")
     cli.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     cli.add_argument("--keep", action="store_true", help="keep the temporary repositories")
+    cli.add_argument(
+        "--only", help="comma-separated row ids: run just the groups that measure them (H1,H2)"
+    )
     return cli.parse_args(argv)
 
 
@@ -831,11 +1020,15 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="deepfit-bench-"))
     seeds = [int(s) for s in args.seeds.split(",")]
     try:
-        rows, details = measure(Bench(work, args.repeats, args.cold_repeats, seeds))
+        groups = GROUPS
+        if args.only:
+            wanted = set(args.only.split(","))
+            groups = tuple(g for g in GROUPS if wanted & set(g.ids))
+        rows, details = measure(Bench(work, args.repeats, args.cold_repeats, seeds), groups)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    rows = complete(rows)
+    rows = complete(rows, groups)
     seconds = time.perf_counter() - started
     result = {"machine": info, "seconds": seconds, "rows": rows, "details": details}
     print(write_report(result, args.out))

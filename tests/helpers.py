@@ -49,12 +49,33 @@ def tiny_params(runs: dict[str, Any] | None = None, epochs: int = 2) -> dict[str
     raw["scorer"]["epochs"] = 1
     raw["datasets"]["adding"].update(length=10, train_size=64, val_size=32, test_size=32)
     raw["runs"] = copy.deepcopy(runs) if runs is not None else {"tiny": dict(TINY_RUN)}
+    raw.pop("tuning", None)  # its base runs are gone; tests that search add their own
     return raw
+
+
+def tiny_search(base: str = "tiny", trials: int = 3, **extra: Any) -> dict[str, Any]:
+    """A search of a few trials over a tiny run's learning rate and width."""
+    return {
+        "base": base,
+        "trials": trials,
+        "sampler": {"name": "tpe", "seed": 1},
+        "space": {
+            "train.optimizer.learning_rate": {
+                "type": "float",
+                "low": 1e-3,
+                "high": 1e-1,
+                "log": True,
+            },
+            "units": {"type": "categorical", "choices": [[8], [16, 8]]},
+        },
+        **extra,
+    }
 
 
 def shrunk_params(epochs: int = EPOCHS) -> dict[str, Any]:
     """The real params.yaml with every run, shrunk for an end-to-end `dvc repro`: ``epochs``
-    epochs everywhere, a short adding problem, studies on 60 samples with two small variants."""
+    epochs everywhere, a short adding problem, studies on 60 samples with two small variants,
+    searches of two trials."""
     params = real_params()
     params["train"]["epochs"] = epochs
     params["scorer"]["epochs"] = epochs
@@ -68,6 +89,9 @@ def shrunk_params(epochs: int = EPOCHS) -> dict[str, Any]:
         for variant in study["variants"].values():
             if "units" in variant:
                 variant["units"] = [min(u, 16) for u in variant["units"]]
+    for search in params.get("tuning", {}).values():
+        search["trials"] = 2
+        search["fixed"] = {**search.get("fixed", {}), "train.epochs": epochs}
     return params
 
 
@@ -203,6 +227,8 @@ def tiny_repo(dest: Path, runs: list[str], env_extra: dict[str, str] | None = No
     params["datasets"] = {k: v for k, v in params["datasets"].items() if k in used}
     if "studies" in params:
         params["studies"] = {}  # they depend on `train`: every optimizer change would rerun them
+    if "tuning" in params:
+        params["tuning"] = {}  # the same
     if "fnn" in runs:
         params["runs"]["fnn"]["activation"] = "sigmoid"  # no sweep point equals the baseline
     write_params(dest, params)

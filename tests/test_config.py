@@ -60,7 +60,18 @@ def test_yaml_1_2_floats(tmp_path, raw):
 def test_unknown_top_level_key(raw):
     raw["trian"] = {}
     assert error_of(raw) == "params.yaml: trian: unknown key; allowed keys: " + ", ".join(
-        ["seeds", "datasets", "train", "runs", "scorer", "mlflow", "fit", "baselines", "studies"]
+        [
+            "seeds",
+            "datasets",
+            "train",
+            "runs",
+            "scorer",
+            "mlflow",
+            "fit",
+            "baselines",
+            "studies",
+            "tuning",
+        ]
     )
 
 

@@ -1,5 +1,5 @@
 """The import direction of the library: a package imports from the core and from earlier
-pipeline steps, never from later ones (core < data < models < train < evaluate < study <
+pipeline steps, never from later ones (core < data < models < train < evaluate < study < tune <
 report); the stages and the `deepfit` command may import anything. One exception: the params
 schema (config.py) reads the dataset and architecture config classes.
 

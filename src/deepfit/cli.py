@@ -33,11 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     _add_diagnose(commands)
     _add_server(commands)
     _add_promote(commands)
+    _add_tune(commands)
     args = cli.parse_args(argv)
     if args.command == "promote":
         return _promote(args)
     if args.command == "server":
         return _server(args)
+    if args.command == "tune":
+        return _tune(args)
     if args.command == "compare":
         return _compare(args)
     if args.command == "diagnose":
@@ -58,6 +61,11 @@ def _validate(args: argparse.Namespace) -> int:
         print(
             f"run {name}: {run.model} on {run.dataset}, {run.train.epochs} epochs, "
             f"{opt.name} lr={opt.learning_rate:g}"
+        )
+    for name, search in params.tuning.items():
+        print(
+            f"search {name}: {search.trials} trials of {search.base.name} over "
+            f"{', '.join(search.space)} ({search.sampler}, {search.pruner} pruning)"
         )
     return 0
 
@@ -328,6 +336,8 @@ def _server(args: argparse.Namespace) -> int:
         f"MLflow server on {state['url']} ({_store_name(state)}, artifacts: {state['artifacts']})"
     )
     print(f"log to it: export MLFLOW_TRACKING_URI={state['url']}")
+    if state.get("studies"):
+        print(f"share a search's study: deepfit tune NAME --storage {state['studies']}")
     if args.detach:
         print("stop it: deepfit server stop")
         return 0
@@ -411,6 +421,72 @@ def _promote(args: argparse.Namespace) -> int:
 
 def _short(value: str) -> str:
     return f"{float(value):.4g}" if value else "n/a"
+
+
+TUNE_HELP = """\
+Run the search tuning.NAME of params.yaml: an Optuna study whose trials are the base run with
+sampled values, pruned on their validation curve, each an MLflow child run of `tune:NAME`.
+The study lives in a database (default: .dvc/tmp/deepfit/tuning/NAME.db); a rerun continues an
+interrupted study. Reports: reports/tuning/NAME.json and .md, reports/figures/tuning/NAME/.
+Examples:
+  deepfit tune fnn --workers 2             two worker processes on this machine
+  deepfit tune fnn --storage postgresql://user@host/db           start a shared study
+  deepfit tune fnn --storage postgresql://user@host/db --join    add a machine's workers
+  deepfit tune fnn --apply [--run]         print (or run) the best trial's `dvc exp run -S ...`
+Exit status: 0 when done, 2 on an error, 130 when interrupted."""
+
+
+def _add_tune(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "tune",
+        help="run a hyperparameter search (tuning: in params.yaml)",
+        description=TUNE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmd.add_argument("name", help="a search declared under tuning:")
+    cmd.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    cmd.add_argument(
+        "--storage", metavar="URL", help="study database (sqlite:///… or postgresql://…)"
+    )
+    cmd.add_argument("--join", action="store_true", help="add trials to an existing study")
+    cmd.add_argument("--apply", action="store_true", help="print the best trial's dvc exp run")
+    cmd.add_argument("--run", action="store_true", help="with --apply: run that experiment")
+
+
+def _tune(args: argparse.Namespace) -> int:
+    if args.run and not args.apply:
+        print("deepfit tune: error: --run goes with --apply", file=sys.stderr)
+        return 2
+    if not args.apply:
+        from deepfit.stages import tune
+
+        argv = ["--params", args.params, "--search", args.name, "--workers", str(args.workers)]
+        argv += ["--storage", args.storage] if args.storage else []
+        return tune.main(argv + (["--join"] if args.join else []))
+    import shlex
+    import subprocess
+
+    try:
+        command = _best_command(args.params, args.name)
+    except ConfigError as exc:
+        print(f"deepfit tune: error: {exc}", file=sys.stderr)
+        return 2
+    print(" ".join(shlex.quote(part) for part in command))
+    return subprocess.run(command).returncode if args.run else 0
+
+
+def _best_command(params_file: str, name: str) -> list[str]:
+    """The best trial's ``dvc exp run -S ...`` from the search's report."""
+    from deepfit.tune.report import apply_command
+
+    search = load_params(params_file).search(name)
+    path = Path("reports") / "tuning" / f"{name}.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no report yet; run `deepfit tune {name}` or `dvc repro`")
+    best = json.loads(path.read_text())["best"]
+    if best is None:
+        raise ConfigError(f"{path}: no trial of search {name} completed")
+    return apply_command(search.base.name, best)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ TOP_LEVEL_KEYS = (
     "fit",
     "baselines",
     "studies",
+    "tuning",
 )
 RUN_KEYS = ("model", "dataset", "train")
 
@@ -198,6 +199,96 @@ class StudyConfig:
         return self.base.dataset
 
 
+# --- tuning: Optuna searches over a run's keys (deepfit.tune runs them) --------------------------
+
+SamplerName = Literal["tpe", "random", "grid"]
+PrunerName = Literal["median", "hyperband", "none"]
+# Validation metrics a search may choose by, per task, and their direction. The test split is
+# never used to choose.
+TUNING_METRICS = {
+    "classification": {"val_loss": "minimize", "val_accuracy": "maximize"},
+    "regression": {"val_loss": "minimize", "val_mae": "minimize"},
+}
+
+
+class FloatRange(_Strict):
+    """``{type: float, low, high, log, step}``: a linear or log-scale range."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+
+class IntRange(_Strict):
+    """``{type: int, low, high, step, log}``: integers from low to high inclusive."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+
+
+class Categorical(_Strict):
+    """``{type: categorical, choices: [...]}``: values tried as given (lists too)."""
+
+    type: Literal["categorical"]
+    choices: list[Any]
+
+
+SpaceParam = FloatRange | IntRange | Categorical
+_SPACE_TYPES: dict[str, type[BaseModel]] = {
+    "float": FloatRange,
+    "int": IntRange,
+    "categorical": Categorical,
+}
+
+
+class SamplerConfig(_Strict):
+    name: SamplerName = "tpe"
+    seed: int | None = Field(None, ge=0)  # default: seeds.train
+
+
+class _TuningEntry(_Strict):
+    base: str
+    space: dict[str, Any]
+    trials: int = Field(ge=1, le=100_000)
+    timeout: float | None = Field(None, gt=0)
+    sampler: SamplerConfig = SamplerConfig()
+    pruner: PrunerName = "median"
+    metric: str = "val_loss"
+    fixed: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """One search: a base run, the space of its keys, the budget, sampler, pruner and metric."""
+
+    name: str
+    base: RunConfig
+    space: dict[str, SpaceParam]
+    trials: int
+    timeout: float | None
+    sampler: SamplerName
+    seed: int
+    pruner: PrunerName
+    metric: str
+    direction: str
+    fixed: dict[str, Any]
+    # What a trial's run is parsed from: the base block as written, the shared train defaults
+    # and the datasets (every trial validates as a run, with the run parser).
+    base_raw: Mapping[str, Any] = field(repr=False, compare=False)
+    train_raw: Mapping[str, Any] = field(repr=False, compare=False)
+    datasets: Mapping[str, Any] = field(repr=False, compare=False)
+
+    def trial_run(self, values: Mapping[str, Any]) -> RunConfig:
+        """The run of one trial: ``values`` (space key -> value) merged into the base run."""
+        body = deep_merge(self.base_raw, nest({**self.fixed, **values}))
+        return _parse_run(self.base.name, body, self.train_raw, self.datasets)
+
+
 @dataclass(frozen=True)
 class Params:
     seeds: Seeds
@@ -210,6 +301,13 @@ class Params:
     studies: dict[str, StudyConfig] = field(default_factory=dict)
     # family -> baseline -> grid; a family left out of params.yaml has no baselines
     baselines: BaselineGrids = field(default_factory=dict)
+    tuning: dict[str, TuningConfig] = field(default_factory=dict)
+
+    def search(self, name: str) -> TuningConfig:
+        if name not in self.tuning:
+            declared = ", ".join(self.tuning) or "none"
+            raise ConfigError(f"tuning.{name}: no such search; declared searches: {declared}")
+        return self.tuning[name]
 
     def run(self, name: str) -> RunConfig:
         if name not in self.runs:
@@ -301,7 +399,8 @@ def _parse(raw: Any) -> Params:
     fit = _validate(FitConfig, raw.get("fit") or {}, "fit")
     studies = _parse_studies(raw.get("studies") or {}, raw["train"], datasets)
     baselines = _parse_baselines(raw.get("baselines") or {})
-    return Params(seeds, datasets, train, runs, scorer, mlflow, fit, studies, baselines)
+    tuning = _parse_tuning(raw.get("tuning") or {}, raw, runs, datasets, seeds)
+    return Params(seeds, datasets, train, runs, scorer, mlflow, fit, studies, baselines, tuning)
 
 
 def _parse_baselines(raw: Any) -> BaselineGrids:
@@ -405,6 +504,139 @@ def _parse_study(
         merged = deep_merge(base_raw, override)
         variants[variant] = _parse_run(variant, merged, train_raw, datasets, where=vwhere)
     return StudyConfig(name, kind, base, variants, train_size)
+
+
+def _parse_tuning(
+    raw: Any,
+    params_raw: Mapping[str, Any],
+    runs: Mapping[str, RunConfig],
+    datasets: Mapping[str, DatasetConfig],
+    seeds: Seeds,
+) -> dict[str, TuningConfig]:
+    _expect_mapping(raw, "tuning")
+    return {
+        name: _parse_search(name, body, params_raw, runs, datasets, seeds)
+        for name, body in raw.items()
+    }
+
+
+def _parse_search(
+    name: str,
+    body: Any,
+    params_raw: Mapping[str, Any],
+    runs: Mapping[str, RunConfig],
+    datasets: Mapping[str, DatasetConfig],
+    seeds: Seeds,
+) -> TuningConfig:
+    where = f"tuning.{name}"
+    _check_name(name, "tuning")
+    _expect_mapping(body, where)
+    entry = _validate(_TuningEntry, body, where)
+    if entry.base not in runs:
+        raise ConfigError(f"{where}.base: no run {entry.base!r}; declared runs: {', '.join(runs)}")
+    base = runs[entry.base]
+    if get_spec(base.model).generative:
+        raise ConfigError(f"{where}.base: searches tune supervised runs, not {base.model!r}")
+    metrics = TUNING_METRICS[dataset_kind_and_task(datasets[base.dataset])[1]]
+    if entry.metric not in metrics:
+        raise ConfigError(
+            f"{where}.metric: {entry.metric!r} is not a validation metric of run {entry.base}; "
+            f"allowed: {', '.join(metrics)} (the test split is never used to choose)"
+        )
+    if not entry.space:
+        raise ConfigError(f"{where}.space: declare at least one key to search")
+    keys = run_keys(base)
+    base_raw = params_raw["runs"][entry.base]
+    search = TuningConfig(
+        name=name,
+        base=base,
+        space={},
+        trials=entry.trials,
+        timeout=entry.timeout,
+        sampler=entry.sampler.name,
+        seed=seeds.train if entry.sampler.seed is None else entry.sampler.seed,
+        pruner=entry.pruner,
+        metric=entry.metric,
+        direction=metrics[entry.metric],
+        fixed={},
+        base_raw=base_raw,
+        train_raw=params_raw["train"],
+        datasets=datasets,
+    )
+    for key, value in entry.fixed.items():
+        _check_space_key(f"{where}.fixed.{key}", key, keys, base)
+        _check_trial_value(search, f"{where}.fixed.{key}", key, value)
+    search = replace(search, fixed=dict(entry.fixed))
+    for key, spec in entry.space.items():
+        kwhere = f"{where}.space.{key}"
+        _check_space_key(kwhere, key, keys, base)
+        search.space[key] = _parse_space_param(spec, kwhere, search.sampler)
+        for value in space_corners(search.space[key]):
+            _check_trial_value(search, kwhere, key, value)
+    return search
+
+
+def run_keys(run: RunConfig) -> list[str]:
+    """The keys a search may set under a run: its architecture's and ``train.*``, dotted."""
+    arch = list(type(run.arch).model_fields)
+    return arch + [f"train.{key}" for key in flatten(run.train.model_dump())]
+
+
+def _check_space_key(where: str, key: str, keys: list[str], run: RunConfig) -> None:
+    if key not in keys:
+        raise ConfigError(
+            f"{where}: not a key of run {run.name} ({run.model} on {run.dataset}); "
+            f"keys: {', '.join(keys)}"
+        )
+
+
+def _parse_space_param(spec: Any, where: str, sampler: str) -> SpaceParam:
+    _expect_mapping(spec, where)
+    kind = spec.get("type")
+    if kind not in _SPACE_TYPES:
+        raise ConfigError(f"{where}.type: expected one of {', '.join(_SPACE_TYPES)} (got {kind!r})")
+    param = _validate(_SPACE_TYPES[kind], spec, where)
+    if isinstance(param, Categorical):
+        if not param.choices:
+            raise ConfigError(f"{where}.choices: expected a non-empty list of values to try")
+        return param
+    if param.low >= param.high:
+        raise ConfigError(f"{where}: low ({param.low!r}) must be below high ({param.high!r})")
+    if param.log and param.low <= 0:
+        raise ConfigError(f"{where}: log: true needs low > 0 (got low {param.low!r})")
+    if param.log and (param.step or 1) != 1:
+        raise ConfigError(f"{where}: a log-scale range takes no step")
+    if sampler == "grid" and isinstance(param, FloatRange) and param.step is None:
+        raise ConfigError(
+            f"{where}: sampler grid needs a step for a float range (or a categorical list)"
+        )
+    return param
+
+
+def space_corners(param: SpaceParam) -> list[Any]:
+    """The values that bound a space dimension: its ends, or every choice."""
+    if isinstance(param, Categorical):
+        return list(param.choices)
+    return [param.low, param.high]
+
+
+def _check_trial_value(search: TuningConfig, where: str, key: str, value: Any) -> None:
+    try:
+        search.trial_run({key: value})
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {value!r} does not make a valid run: {exc}") from None
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys to nested mappings: ``{"train.epochs": 8}`` -> ``{"train": {"epochs": 8}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
 
 
 def _parse_run(

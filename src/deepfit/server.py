@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"  # servers bind loopback only; README "Security" says how to share them
 PG_USER = "deepfit"
 PG_DATABASE = "mlflow"
+PG_STUDIES = "optuna"  # the searches' Optuna studies (`deepfit tune --storage`): own tables
 PG_OWNER = "postgres"  # initdb refuses root: as root the cluster runs as this user
 START_TIMEOUT = 120.0  # seconds for `mlflow server` to answer /health (first start makes tables)
 STOP_TIMEOUT = 30.0
@@ -103,6 +104,8 @@ def start(options: Options, root: Path | None = None) -> dict[str, Any]:
     state: dict[str, Any] = {"url": f"http://{HOST}:{options.port}", "db": options.db}
     try:
         state["backend"], state["postgres"] = _backend(options, paths, root)
+        if state["postgres"]:  # deepfit's own cluster: a database for the searches' studies
+            state["studies"] = state["backend"].rsplit("/", 1)[0] + f"/{PG_STUDIES}"
         artifacts = options.artifacts or str(root / "mlartifacts")
         state["artifacts"] = artifacts
         state["mlflow"] = _start_mlflow(options, state["backend"], artifacts, paths)
@@ -475,6 +478,7 @@ def _create_database(port: int) -> None:
     with psycopg.connect(
         host=HOST, port=port, user=PG_USER, dbname="postgres", autocommit=True
     ) as conn:
-        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,))
-        if found.fetchone() is None:
-            conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+        for name in (PG_DATABASE, PG_STUDIES):
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if found.fetchone() is None:
+                conn.execute(f'CREATE DATABASE "{name}"')

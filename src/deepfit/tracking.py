@@ -199,6 +199,11 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def connect(experiment: str) -> Any:
+    """Point MLflow at the store and ``experiment`` (created if new); return the experiment."""
+    return _connect(experiment)
+
+
 def _connect(experiment: str) -> Any:
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -388,22 +393,26 @@ def start_run(
     name: str | None = None,
     tags: Mapping[str, str] | None = None,
     nested: bool = False,
+    parent_run_id: str | None = None,
 ) -> Iterator[Run]:
     """Open a new MLflow run for ``run`` with its params and tags.
 
     ``name`` replaces the run's name in the MLflow run name, ``tags`` are added, and ``nested``
-    opens a child of the active run (a study's variants under the study's run).
+    opens a child of the active run (a study's variants under the study's run);
+    ``parent_run_id`` a child of that run, also one of another process (a search's workers),
+    which must have called ``connect`` once.
     The ``with`` block ends the run as FINISHED, or FAILED/KILLED when the block raises, so a
     failing stage never leaves a run marked RUNNING.
     """
     import mlflow
 
-    if not nested:
+    if not nested and parent_run_id is None:
         _connect(experiment)
     with mlflow.start_run(
         run_name=mlflow_run_name(name or run.name),
         tags={**run_tags(run), **(tags or {})},
         nested=nested,
+        parent_run_id=parent_run_id,
     ) as active:
         _OPENED.append(active.info.run_id)
         mlflow.log_params({k: _param_value(v) for k, v in params.items()})

@@ -17,6 +17,7 @@ from deepfit.data import DataError
 from deepfit.models import ModelFileError
 from deepfit.outputs import NonFiniteError, one_line
 from deepfit.tracking import TrackingError
+from deepfit.tune import TuneError
 
 # Failures a user can fix from the message alone: shown as one line, exit status 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -26,6 +27,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ModelFileError,
     NonFiniteError,
     TrackingError,
+    TuneError,
 )
 # The machine's fault, not the code's (disk full, read-only, no permission): one line, exit 1.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}

@@ -32,12 +32,17 @@ class MlflowMetrics(keras.callbacks.Callback):
     ``mlflow.keras.MlflowCallback`` does the same per epoch but also logs the validation metrics
     a second time as ``validation_*`` without a step (its ``on_test_end``), which breaks the
     per-epoch curves; this is its ``on_epoch_end`` alone, with 1-based steps.
+
+    ``synchronous=True`` writes each epoch at once instead: for the short runs of a search, where
+    draining MLflow's asynchronous queue at the end of each run costs about a second, more than
+    the writes themselves.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, synchronous: bool = False) -> None:
         super().__init__()
         self.seconds = 0.0
         self._queued: list[Any] = []
+        self.synchronous = synchronous
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.seconds = 0.0
@@ -50,7 +55,10 @@ class MlflowMetrics(keras.callbacks.Callback):
         self._raise_failed()
         values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         if values:
-            self._queued.append(mlflow.log_metrics(values, step=epoch + 1, synchronous=False))
+            if self.synchronous:
+                mlflow.log_metrics(values, step=epoch + 1, synchronous=True)
+            else:
+                self._queued.append(mlflow.log_metrics(values, step=epoch + 1, synchronous=False))
         self.seconds += time.perf_counter() - started
 
     def _raise_failed(self) -> None:
@@ -73,6 +81,8 @@ class MlflowMetrics(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         import mlflow
 
+        if self.synchronous:
+            return
         started = time.perf_counter()
         mlflow.flush_async_logging()
         self.seconds += time.perf_counter() - started
