@@ -9,8 +9,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # What a prepared dataset looks like to a model: "image" is (H, W, C), "sequence" is (T, F),
-# "vector" is (F,).
-InputKind = Literal["image", "sequence", "vector"]
+# "vector" is (F,), "tokens" is (T,) integer ids of a vocabulary of ``n_outputs`` symbols (a
+# character language model predicts the next id at every position).
+InputKind = Literal["image", "sequence", "vector", "tokens"]
 Task = Literal["classification", "regression"]
 
 
@@ -170,6 +171,40 @@ class KerasConfig(_Dataset):
         return "image", "classification"
 
 
+Corpus = Literal["python_docs"]
+
+
+class TextConfig(_Fractions):
+    """A character corpus: a UTF-8 file under data/raw/ (`path`) or a bundled `corpus`, split by
+    position into train/val/test blocks and cut into windows of `sequence_length` characters."""
+
+    source: Literal["text"]
+    path: str | None = None
+    corpus: Corpus | None = None
+    sequence_length: Annotated[int, Field(ge=1, le=100_000)] = 64
+    val_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.1
+
+    @field_validator("path")
+    @classmethod
+    def _inside_raw(cls, value: str | None) -> str | None:
+        problem = raw_path_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _one_text(self) -> TextConfig:
+        if (self.path is None) == (self.corpus is None):
+            raise ValueError(
+                "give either path (a UTF-8 file under data/raw/) or corpus: python_docs"
+            )
+        return self
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        return "tokens", "classification"
+
+
 DatasetConfig = Annotated[
     DigitsConfig
     | SunspotsConfig
@@ -177,7 +212,8 @@ DatasetConfig = Annotated[
     | CsvConfig
     | NpzConfig
     | ImagesConfig
-    | KerasConfig,
+    | KerasConfig
+    | TextConfig,
     Field(discriminator="source"),
 ]
 

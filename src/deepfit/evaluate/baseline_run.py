@@ -30,6 +30,7 @@ FAMILY_METRIC = {
     "classification": ("accuracy", "higher"),
     "forecast": ("rmse", "lower"),
     "regression": ("mse", "lower"),
+    "language_model": ("bpc", "lower"),
 }
 
 
@@ -47,7 +48,10 @@ class BaselineOutputs:
 
 
 def family_of(dataset: Any) -> str:
-    """classification, forecast (a windowed series) or regression: from the dataset's config."""
+    """classification, forecast (a windowed series), regression or language_model (a text
+    corpus): from the dataset's config."""
+    if dataset.source == "text":
+        return "language_model"
     _, task = dataset.kind_and_task()
     if task == "classification":
         return "classification"
@@ -83,6 +87,11 @@ def _fit(family: str, baseline: str, grid: dict, data: Prepared, seed: int) -> d
     # The classifier and the regressor of gradient-boosted trees share the name gbt.
     fit = baselines.gbt_regression if (family, baseline) == ("regression", "gbt") else None
     fit = fit or getattr(baselines, baseline)
+    if family == "language_model":
+        vocab = data.spec.n_outputs
+        if grid:
+            return fit(data.train, data.val, data.test, vocab, grid)
+        return fit(data.train, data.val, data.test, vocab)
     if family == "classification":
         return fit(data.train, data.val, data.test, grid or {}, seed=seed)
     scale = data.manifest.get("target_scale") or {}

@@ -28,6 +28,7 @@ KEY_METRICS = {
     "forecast": ("rmse", "strongest", "lower"),
     "regression": ("mse", "strongest", "lower"),
     "generative": ("fid", "strongest", "lower"),
+    "language_model": ("bpc", "strongest", "lower"),
 }
 
 
@@ -38,12 +39,15 @@ def key_metric_names(kind: str) -> tuple[str, str, str]:
 
 
 def evaluation_kind(model: str, dataset: Any) -> str:
-    """generative, classification, forecast (a windowed series) or regression; from params."""
+    """generative, language_model (a text corpus), classification, forecast (a windowed series)
+    or regression; from params."""
     from deepfit.data.config import dataset_kind_and_task
     from deepfit.models import get_spec
 
     if get_spec(model).generative:
         return "generative"
+    if dataset.source == "text":
+        return "language_model"
     _, task = dataset_kind_and_task(dataset)
     if task == "classification":
         return "classification"
@@ -93,6 +97,31 @@ def classification_metrics(y_true: ArrayLike, proba: ArrayLike) -> dict[str, Any
         "loss": cross_entropy(true, p),
         "f1_macro": float(f1_score(true, pred, average="macro", zero_division=0)),
         "confusion": confusion(true, pred, n_classes),
+    }
+
+
+# --- language models ------------------------------------------------------------------------
+
+
+def target_bits(y_true: ArrayLike, proba: ArrayLike, eps: float = PROBA_EPS) -> np.ndarray:
+    """Bits of every target id under next-token probabilities: (n, T) ids, (n, T, V) proba."""
+    true = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(proba)
+    if p.shape[:-1] != true.shape:
+        raise ValueError(f"proba has shape {p.shape}, expected {(*true.shape, 'V')}")
+    picked = np.take_along_axis(p, true[..., None], axis=-1)[..., 0].astype(np.float64)
+    return -np.log2(np.clip(picked, eps, 1.0))
+
+
+def language_model_metrics(bits: ArrayLike, correct: ArrayLike) -> dict[str, float]:
+    """Bits per character, perplexity (per character), loss in nats and next-character
+    accuracy, from each target's bits and whether the most likely id was the target."""
+    bpc = float(np.mean(bits))
+    return {
+        "bpc": bpc,
+        "perplexity": float(2.0**bpc),
+        "loss": bpc * float(np.log(2.0)),
+        "accuracy": float(np.mean(correct)),
     }
 
 

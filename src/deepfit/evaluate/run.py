@@ -202,7 +202,8 @@ def diagnose_run(
     reference = None
     if not generative:
         reference = diagnosis.reference_losses(data.train[1], data.val[1], data.spec.task)
-    metric = {"classification": "accuracy", "generative": None}.get(kind, "mae")
+    metric = {"classification": "accuracy", "language_model": "accuracy", "generative": None}
+    metric = metric.get(kind, "mae")
     fit = diagnosis.diagnose(history, params.fit, reference, generative, metric)
     records = read_gradients(model_dir / GRADIENTS_FILE)
     return fit, diagnosis.gradient_summary(records, params.fit)
@@ -220,6 +221,8 @@ def score(
     found = _dataset_baselines(run.dataset, where.baselines_dir)
     if kind == "classification":
         return _classification(run, params, model, data, where, found)
+    if kind == "language_model":
+        return _language_model(run, params, model, data, where, found)
     return _regression(kind, run, params, model, data, where, found)
 
 
@@ -251,6 +254,24 @@ def _classification(run, params, model, data, where: Where, found) -> Scored:
     figures.confusion_matrix_png(cm, names, where.figures_dir / "confusion.png", title=run.name)
     strongest = scores["strongest"]
     judged = judge.classification(y_test, y_pred, predictions[strongest], params.seeds.split)
+    return Scored(test, scores["baselines"], strongest, judged)
+
+
+def _language_model(run, params, model, data, where: Where, found) -> Scored:
+    """Bits per character of the next-character predictions on the test windows, beside the
+    baseline's bits on the same targets; plot data: mean bits by position in the window."""
+    scores, predictions = found
+    x_test, y_test = data.test
+    proba = model.predict(np.asarray(x_test, dtype=np.int32), batch_size=256, verbose=0)
+    bits = metrics.target_bits(y_test, proba)
+    test = metrics.language_model_metrics(bits, proba.argmax(axis=-1) == y_test)
+    strongest = scores["strongest"]
+    base = np.asarray(predictions[strongest], dtype=np.float64)
+    judged = judge.bits(bits, base, params.seeds.split)
+    positions = range(1, bits.shape[1] + 1)
+    rows = zip(positions, bits.mean(axis=0).tolist(), base.mean(axis=0).tolist(), strict=True)
+    header = ["position", "model", strongest]
+    write_text(where.plots_dir / "bits_by_position.csv", csv_text(header, rows))
     return Scored(test, scores["baselines"], strongest, judged)
 
 
