@@ -165,6 +165,7 @@ BASELINE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "generation": {"gmm_pca": ("components", "mixtures")},
     "language_model": {"unigram": (), "ngram": ("order", "discount")},
+    "translation": {"length_mode": (), "copy": ()},
 }
 BaselineGrids = dict[str, dict[str, dict[str, list[Any]]]]
 

@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # What a prepared dataset looks like to a model: "image" is (H, W, C), "sequence" is (T, F),
 # "vector" is (F,), "tokens" is (T,) integer ids of a vocabulary of ``n_outputs`` symbols (a
-# character language model predicts the next id at every position).
-InputKind = Literal["image", "sequence", "vector", "tokens"]
+# character language model predicts the next id at every position), "translation" is (S,) source
+# token ids translated into (T,) target token ids.
+InputKind = Literal["image", "sequence", "vector", "tokens", "translation"]
 Task = Literal["classification", "regression"]
 
 
@@ -25,6 +26,10 @@ class DataSpec:
     n_outputs: int  # classes for classification, targets for regression
     # Stored inputs are raw (uint8 pixels): the model's first layer multiplies them by this.
     input_scale: float | None = None
+    # A translation's source vocabulary (its outputs are n_outputs target tokens) and the
+    # number of target tokens it decodes.
+    input_vocab: int | None = None
+    target_length: int | None = None
 
 
 Fraction = Annotated[float, Field(gt=0.0, lt=0.5)]
@@ -205,6 +210,21 @@ class TextConfig(_Fractions):
         return "tokens", "classification"
 
 
+class TranslationConfig(_Dataset):
+    """A generated toy translation corpus (numbers in English words to French words), seeded
+    by the split seed; distinct numbers per split, so test numbers are unseen in training."""
+
+    source: Literal["translation"]
+    task: Literal["numbers_en_fr"] = "numbers_en_fr"
+    max_number: Annotated[int, Field(ge=2, le=999_999)] = 9999
+    train_size: Count = 6000
+    val_size: Count = 1000
+    test_size: Count = 2000
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        return "translation", "classification"
+
+
 DatasetConfig = Annotated[
     DigitsConfig
     | SunspotsConfig
@@ -213,7 +233,8 @@ DatasetConfig = Annotated[
     | NpzConfig
     | ImagesConfig
     | KerasConfig
-    | TextConfig,
+    | TextConfig
+    | TranslationConfig,
     Field(discriminator="source"),
 ]
 

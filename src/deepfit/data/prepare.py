@@ -21,6 +21,7 @@ from deepfit.data.config import (
     NpzConfig,
     SunspotsConfig,
     TextConfig,
+    TranslationConfig,
 )
 from deepfit.data.errors import DataError
 from deepfit.data.io import (
@@ -375,6 +376,12 @@ def build_text(cfg: TextConfig, seed: int, raw_dir: Path, where: str) -> Built:
     return text.build_text(cfg, seed, raw_dir, where)
 
 
+def build_translation(cfg: TranslationConfig, seed: int, raw_dir: Path, where: str) -> Built:
+    from deepfit.data import translation  # imports this module
+
+    return translation.build_translation(cfg, seed, raw_dir, where)
+
+
 BUILDERS: dict[str, Callable[[Any, int, Path, str], Built]] = {
     "digits": build_digits,
     "sunspots": build_sunspots,
@@ -384,4 +391,5 @@ BUILDERS: dict[str, Callable[[Any, int, Path, str], Built]] = {
     "images": build_images,
     "keras": build_keras,
     "text": build_text,
+    "translation": build_translation,
 }

@@ -496,6 +496,50 @@ def _language_result(test_bits: np.ndarray, val: Any, params: dict[str, Any]) ->
     }
 
 
+# --- translation (texts) ----------------------------------------------------------------------
+
+
+def length_mode(
+    train: tuple[list[str], list[str]], val: tuple[list[str], list[str]], test: tuple[list, list]
+) -> dict[str, Any]:
+    """Rule-free: the most frequent training target among sources of the same number of words
+    (the overall most frequent target for an unseen length). Inputs are (sources, targets)."""
+    from collections import Counter
+
+    from deepfit.evaluate.metrics import translation_metrics
+
+    by_length: dict[int, Counter] = {}
+    for source, target in zip(*train, strict=True):
+        by_length.setdefault(len(source.split()), Counter())[target] += 1
+    overall = Counter(train[1]).most_common(1)[0][0]
+
+    def predict(sources: list[str]) -> list[str]:
+        found = {n: c.most_common(1)[0][0] for n, c in by_length.items()}
+        return [found.get(len(s.split()), overall) for s in sources]
+
+    return _translation_result(val, test, predict(val[0]), predict(test[0]), translation_metrics)
+
+
+def copy(
+    train: tuple[list[str], list[str]], val: tuple[list[str], list[str]], test: tuple[list, list]
+) -> dict[str, Any]:
+    """Rule-free: the source text as its own translation (scores the words both languages
+    share; its character error rate is how far apart the languages are)."""
+    from deepfit.evaluate.metrics import translation_metrics
+
+    return _translation_result(val, test, list(val[0]), list(test[0]), translation_metrics)
+
+
+def _translation_result(val, test, val_pred, test_pred, score) -> dict[str, Any]:
+    found = score(list(test[1]), test_pred)
+    return {
+        **found,
+        "val_exact_match": score(list(val[1]), val_pred)["exact_match"],
+        "params": {},
+        "predictions": np.asarray(test_pred, dtype=str),
+    }
+
+
 # --- comparing baselines -------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ KEY_METRICS = {
     "regression": ("mse", "strongest", "lower"),
     "generative": ("fid", "strongest", "lower"),
     "language_model": ("bpc", "strongest", "lower"),
+    "translation": ("exact_match", "strongest", "higher"),
 }
 
 
@@ -39,8 +40,8 @@ def key_metric_names(kind: str) -> tuple[str, str, str]:
 
 
 def evaluation_kind(model: str, dataset: Any) -> str:
-    """generative, language_model (a text corpus), classification, forecast (a windowed series)
-    or regression; from params."""
+    """generative, language_model (a text corpus), translation, classification, forecast (a
+    windowed series) or regression; from params."""
     from deepfit.data.config import dataset_kind_and_task
     from deepfit.models import get_spec
 
@@ -48,6 +49,8 @@ def evaluation_kind(model: str, dataset: Any) -> str:
         return "generative"
     if dataset.source == "text":
         return "language_model"
+    if dataset.source == "translation":
+        return "translation"
     _, task = dataset_kind_and_task(dataset)
     if task == "classification":
         return "classification"
@@ -122,6 +125,34 @@ def language_model_metrics(bits: ArrayLike, correct: ArrayLike) -> dict[str, flo
         "perplexity": float(2.0**bpc),
         "loss": bpc * float(np.log(2.0)),
         "accuracy": float(np.mean(correct)),
+    }
+
+
+# --- translation ----------------------------------------------------------------------------
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two strings (insertions, deletions, substitutions)."""
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, start=1):
+        current = [i]
+        for j, other in enumerate(b, start=1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char != other))
+            )
+        previous = current
+    return previous[-1]
+
+
+def translation_metrics(targets: list[str], predicted: list[str]) -> dict[str, float]:
+    """Exact-match accuracy, and the character error rate: edit distance summed over items
+    divided by the targets' characters."""
+    if len(targets) != len(predicted):
+        raise ValueError(f"{len(targets)} targets but {len(predicted)} predictions")
+    errors = sum(edit_distance(p, t) for t, p in zip(targets, predicted, strict=True))
+    return {
+        "exact_match": float(np.mean([t == p for t, p in zip(targets, predicted, strict=True)])),
+        "cer": errors / max(1, sum(len(t) for t in targets)),
     }
 
 

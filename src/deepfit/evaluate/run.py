@@ -202,8 +202,8 @@ def diagnose_run(
     reference = None
     if not generative:
         reference = diagnosis.reference_losses(data.train[1], data.val[1], data.spec.task)
-    metric = {"classification": "accuracy", "language_model": "accuracy", "generative": None}
-    metric = metric.get(kind, "mae")
+    token_kinds = ("classification", "language_model", "translation")
+    metric = "accuracy" if kind in token_kinds else None if generative else "mae"
     fit = diagnosis.diagnose(history, params.fit, reference, generative, metric)
     records = read_gradients(model_dir / GRADIENTS_FILE)
     return fit, diagnosis.gradient_summary(records, params.fit)
@@ -223,6 +223,8 @@ def score(
         return _classification(run, params, model, data, where, found)
     if kind == "language_model":
         return _language_model(run, params, model, data, where, found)
+    if kind == "translation":
+        return _translation(run, params, model, data, where, found)
     return _regression(kind, run, params, model, data, where, found)
 
 
@@ -272,6 +274,27 @@ def _language_model(run, params, model, data, where: Where, found) -> Scored:
     rows = zip(positions, bits.mean(axis=0).tolist(), base.mean(axis=0).tolist(), strict=True)
     header = ["position", "model", strongest]
     write_text(where.plots_dir / "bits_by_position.csv", csv_text(header, rows))
+    return Scored(test, scores["baselines"], strongest, judged)
+
+
+def _translation(run, params, model, data, where: Where, found) -> Scored:
+    """Greedy decoding of the test sources; exact match and character error rate beside the
+    strongest rule-free baseline (McNemar on the items each gets exactly right)."""
+    from deepfit.data.translation import ids_to_text
+    from deepfit.evaluate.baseline_run import texts
+
+    scores, predictions = found
+    sources, targets = texts(data, "test")
+    proba = model.predict(data.test[0], batch_size=256, verbose=0)
+    predicted = ids_to_text(proba.argmax(axis=-1), data.manifest["class_names"])
+    test = metrics.translation_metrics(targets, predicted)
+    strongest = scores["strongest"]
+    truth, ours = np.asarray(targets, dtype=str), np.asarray(predicted, dtype=str)
+    judged = judge.classification(truth, ours, predictions[strongest], params.seeds.split)
+    numbers = data.extras["test"]["number"].tolist()
+    rows = zip(numbers, sources, targets, predicted, strict=True)
+    header = ["number", "source", "target", "predicted"]
+    write_text(where.plots_dir / "translations.csv", csv_text(header, rows))
     return Scored(test, scores["baselines"], strongest, judged)
 
 
