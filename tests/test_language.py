@@ -210,7 +210,7 @@ def test_seq2seq_trains_and_evaluates_on_a_tiny_translation_task(tmp_path: Path)
         "test_size": 20,
     }
     raw["runs"] = {"s2s": {"model": "seq2seq", "dataset": "numbers", "units": 16}}
-    raw["runs"]["s2s"]["train"] = {"epochs": 1}
+    raw["runs"]["s2s"]["train"] = {"epochs": 1, "batch_size": 16}
     root = make_workdir(tmp_path / "work", raw)
     for stage, args in (
         ("prepare", ("--dataset", "numbers")),
