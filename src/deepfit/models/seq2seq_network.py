@@ -73,14 +73,22 @@ class Seq2Seq(keras.Model):
         return self.decode(previous, memory, state, training)[0]
 
     def call(self, source: Any, training: bool = False) -> Any:
-        """Greedy decoding: probabilities (B, T, V) of each step, fed its own best token."""
+        """Greedy decoding: probabilities (B, T, V) of each step, fed its own best token.
+
+        Each step runs the decoder's LSTM cell once, with the layer's own weights (a step of
+        the LSTM layer would be a loop of its own).
+        """
         memory, state = self.encode(source, training)
-        token = ops.full((ops.shape(source)[0], 1), START_ID, dtype="int32")
+        token = ops.full((ops.shape(source)[0],), START_ID, dtype="int32")
         steps = []
         for _ in range(self.target_length):
-            proba, state = self.decode(token, memory, state, training)
+            out, state = self.decoder.cell(self.target_embedding(token), state, training=training)
+            out = out[:, None, :]
+            if self.attention is not None:
+                out = ops.concatenate([out, self.attention([out, memory])], axis=-1)
+            proba = self.output_layer(out)
             steps.append(proba)
-            token = ops.cast(ops.argmax(proba, axis=-1), "int32")
+            token = ops.cast(ops.argmax(proba[:, 0, :], axis=-1), "int32")
         return ops.concatenate(steps, axis=1)
 
     def train_step(self, data: Any) -> dict[str, Any]:
