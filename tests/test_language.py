@@ -224,3 +224,11 @@ def test_seq2seq_trains_and_evaluates_on_a_tiny_translation_task(tmp_path: Path)
     assert set(evidence["test"]) == {"exact_match", "cer"}
     assert set(evidence["baselines"]) == {"length_mode", "copy"}
     assert (root / "reports/samples/s2s.txt").read_text().startswith("s2s: not a language model")
+
+
+def test_max_characters_keeps_the_start_of_the_corpus(tmp_path: Path) -> None:
+    root = text_workdir(tmp_path, CORPUS.encode(), sequence_length=8, max_characters=400)
+    done = run_stage(root, "prepare", "--dataset", "corpus")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((root / "data/prepared/corpus/manifest.json").read_text())
+    assert sum(manifest["details"]["characters"].values()) == 400

@@ -187,6 +187,8 @@ class TextConfig(_Fractions):
     path: str | None = None
     corpus: Corpus | None = None
     sequence_length: Annotated[int, Field(ge=1, le=100_000)] = 64
+    # Keep only the corpus' first characters (null: all); small copies of the pipeline use it.
+    max_characters: Annotated[int, Field(ge=1)] | None = None
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.1
 

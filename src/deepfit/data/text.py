@@ -30,6 +30,7 @@ MIN_WINDOWS = 3
 def build_text(cfg: TextConfig, seed: int, raw_dir: Path, where: str) -> Built:
     """Read the corpus, split it into blocks, map characters to ids, cut the blocks into windows."""
     text, origin = read_corpus(cfg, raw_dir, where)
+    text = text[: cfg.max_characters]  # None keeps all
     length = cfg.sequence_length
     if len(text) < length * MIN_WINDOWS:
         raise DataError(
