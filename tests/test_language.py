@@ -197,6 +197,9 @@ def test_char_language_model_trains_evaluates_and_writes_samples(tmp_path: Path)
     scores = json.loads((root / "reports/metrics/lm.json").read_text())
     assert scores["baseline"]["name"] == "ngram" and scores["test"]["bpc"] > 0
     assert (root / "reports/figures/lm/training/samples_epoch_0001.txt").is_file()
+    evidence = json.loads((root / "reports/evidence/lm.json").read_text())
+    assert 0 <= evidence["test"]["gradient_reach"] <= 10
+    assert (root / "reports/plots/lm/eval/gradients_through_time.csv").is_file()
 
 
 @pytest.mark.slow

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GAN_SAMPLES = 1000
+# Test windows the gradients through time of a language model are averaged over.
+GRADIENT_WINDOWS = 256
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,20 @@ def _language_model(run, params, model, data, where: Where, found) -> Scored:
     rows = zip(positions, bits.mean(axis=0).tolist(), base.mean(axis=0).tolist(), strict=True)
     header = ["position", "model", strongest]
     write_text(where.plots_dir / "bits_by_position.csv", csv_text(header, rows))
+    test["gradient_reach"] = _gradient_reach(model, data, where.plots_dir)
     return Scored(test, scores["baselines"], strongest, judged)
+
+
+def _gradient_reach(model, data: Prepared, plots_dir: Path) -> float:
+    """Gradients through time on the first test windows (plot data: norm by distance back);
+    returns the norm at the window's first position over the norm at its last."""
+    from deepfit.train.gradients import gradients_through_time
+
+    x_test, y_test = data.test
+    norms = gradients_through_time(model, x_test[:GRADIENT_WINDOWS], y_test[:GRADIENT_WINDOWS])
+    rows = enumerate(norms)
+    write_text(plots_dir / "gradients_through_time.csv", csv_text(["distance", "norm"], rows))
+    return norms[-1] / norms[0] if norms[0] > 0 else 0.0
 
 
 def _translation(run, params, model, data, where: Where, found) -> Scored:
