@@ -263,7 +263,8 @@ def _text_samples(
     def log_text(path: Path) -> None:
         mlflow.log_text(path.read_text(encoding="utf-8"), f"samples/{path.name}")
 
-    return SampleGrid(run.train.sample_every, render, log_text)
+    # Not at the end: final_samples writes the kept model's text after training.
+    return SampleGrid(run.train.sample_every, render, log_text, at_end=False)
 
 
 def final_samples(run: RunConfig, params: Params, model: keras.Model, data: Prepared) -> str:
