@@ -24,7 +24,18 @@ from helpers import (
     write_params,
 )
 
-RUNS = ["fnn", "cnn", "rnn", "lstm", "rnn_adding", "lstm_adding", "gan"]
+RUNS = [
+    "fnn",
+    "cnn",
+    "rnn",
+    "lstm",
+    "rnn_adding",
+    "lstm_adding",
+    "rnn_text",
+    "lstm_text",
+    "seq2seq",
+    "gan",
+]
 VERDICTS = {"underfit", "good", "overfit", "diverged"}
 
 pytestmark = pytest.mark.slow
