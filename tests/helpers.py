@@ -74,12 +74,15 @@ def tiny_search(base: str = "tiny", trials: int = 3, **extra: Any) -> dict[str, 
 
 def shrunk_params(epochs: int = EPOCHS) -> dict[str, Any]:
     """The real params.yaml with every run, shrunk for an end-to-end `dvc repro`: ``epochs``
-    epochs everywhere, a short adding problem, studies on 60 samples with two small variants,
-    searches of two trials."""
+    epochs everywhere, a short adding problem, the first 20,000 characters of the text corpus,
+    a small toy translation, studies on 60 samples with two small variants, searches of two
+    trials."""
     params = real_params()
     params["train"]["epochs"] = epochs
     params["scorer"]["epochs"] = epochs
     params["datasets"]["adding"].update(length=10, train_size=256, val_size=64, test_size=64)
+    params["datasets"]["python_docs"]["max_characters"] = 20_000
+    params["datasets"]["numbers_en_fr"].update(train_size=256, val_size=64, test_size=64)
     for run in params["runs"].values():
         run.get("train", {}).pop("epochs", None)
     for study in params.get("studies", {}).values():

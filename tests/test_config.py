@@ -27,7 +27,18 @@ def error_of(raw: dict) -> str:
 
 def test_real_params_validate_and_resolve_defaults():
     params = load_params(ROOT / "params.yaml")
-    assert set(params.runs) == {"fnn", "cnn", "rnn", "lstm", "rnn_adding", "lstm_adding", "gan"}
+    assert set(params.runs) == {
+        "fnn",
+        "cnn",
+        "rnn",
+        "lstm",
+        "rnn_adding",
+        "lstm_adding",
+        "rnn_text",
+        "lstm_text",
+        "seq2seq",
+        "gan",
+    }
     gan = params.run("gan")
     # the run's own train block overrides single keys of the shared defaults
     assert gan.train.epochs == 40
@@ -93,7 +104,7 @@ def test_unknown_top_level_key(raw):
         (
             lambda b: b.update(ranking={"x": {}}),
             "baselines.ranking: unknown family; allowed: classification, forecast, regression, "
-            "generation",
+            "generation, language_model, translation",
         ),
         (
             lambda b: b["forecast"]["persistence"].update(window=[3]),
@@ -213,6 +224,6 @@ def test_stage_bad_run_name_is_one_line_and_writes_nothing(tmp_path, stage):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"deepfit {stage}@nope: error: runs.nope: no such run; declared runs: "
-        "fnn, cnn, rnn, lstm, rnn_adding, lstm_adding, gan"
+        "fnn, cnn, rnn, lstm, rnn_adding, lstm_adding, rnn_text, lstm_text, seq2seq, gan"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -25,7 +25,19 @@ from helpers import (
     write_params,
 )
 
-RUNS = ["fnn", "cnn", "rnn", "lstm", "rnn_adding", "lstm_adding", "gan", "pix"]
+RUNS = [
+    "fnn",
+    "cnn",
+    "rnn",
+    "lstm",
+    "rnn_adding",
+    "lstm_adding",
+    "rnn_text",
+    "lstm_text",
+    "seq2seq",
+    "gan",
+    "pix",
+]
 VERDICTS = {"underfit", "good", "overfit", "diverged"}
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -92,6 +92,15 @@ class GradientsConfig(_Strict):
     samples: int = Field(256, ge=1, le=65_536)
 
 
+class TextSamplesConfig(_Strict):
+    """Text a language model writes from a fixed prompt, at each temperature (every
+    ``train.sample_every`` epochs to MLflow, and the kept model's into reports/samples/)."""
+
+    prompt: str = Field("The ", min_length=1)
+    length: int = Field(200, ge=1, le=10_000)  # characters generated after the prompt
+    temperatures: list[Annotated[float, Field(gt=0, le=10)]] = Field([0.5, 1.0], min_length=1)
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=1, le=65_536)
@@ -100,7 +109,8 @@ class TrainConfig(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: Literal["constant", "cosine", "plateau"] = "constant"
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-    sample_every: int = Field(10, ge=1)  # GAN: epochs between sample grids
+    sample_every: int = Field(10, ge=1)  # GAN and language models: epochs between samples
+    text_samples: TextSamplesConfig = TextSamplesConfig()
     gradients: GradientsConfig = GradientsConfig()
 
 
@@ -155,6 +165,8 @@ BASELINE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
         "gbt": ("learning_rate", "max_leaf_nodes", "max_iter"),
     },
     "generation": {"gmm_pca": ("components", "mixtures")},
+    "language_model": {"unigram": (), "ngram": ("order", "discount")},
+    "translation": {"length_mode": (), "copy": ()},
 }
 BaselineGrids = dict[str, dict[str, dict[str, list[Any]]]]
 

@@ -9,8 +9,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # What a prepared dataset looks like to a model: "image" is (H, W, C), "sequence" is (T, F),
-# "vector" is (F,).
-InputKind = Literal["image", "sequence", "vector"]
+# "vector" is (F,), "tokens" is (T,) integer ids of a vocabulary of ``n_outputs`` symbols (a
+# character language model predicts the next id at every position), "translation" is (S,) source
+# token ids translated into (T,) target token ids.
+InputKind = Literal["image", "sequence", "vector", "tokens", "translation"]
 Task = Literal["classification", "regression"]
 
 
@@ -24,6 +26,10 @@ class DataSpec:
     n_outputs: int  # classes for classification, targets for regression
     # Stored inputs are raw (uint8 pixels): the model's first layer multiplies them by this.
     input_scale: float | None = None
+    # A translation's source vocabulary (its outputs are n_outputs target tokens) and the
+    # number of target tokens it decodes.
+    input_vocab: int | None = None
+    target_length: int | None = None
 
 
 Fraction = Annotated[float, Field(gt=0.0, lt=0.5)]
@@ -170,6 +176,57 @@ class KerasConfig(_Dataset):
         return "image", "classification"
 
 
+Corpus = Literal["python_docs"]
+
+
+class TextConfig(_Fractions):
+    """A character corpus: a UTF-8 file under data/raw/ (`path`) or a bundled `corpus`, split by
+    position into train/val/test blocks and cut into windows of `sequence_length` characters."""
+
+    source: Literal["text"]
+    path: str | None = None
+    corpus: Corpus | None = None
+    sequence_length: Annotated[int, Field(ge=1, le=100_000)] = 64
+    # Keep only the corpus' first characters (null: all); small copies of the pipeline use it.
+    max_characters: Annotated[int, Field(ge=1)] | None = None
+    val_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.1
+
+    @field_validator("path")
+    @classmethod
+    def _inside_raw(cls, value: str | None) -> str | None:
+        problem = raw_path_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _one_text(self) -> TextConfig:
+        if (self.path is None) == (self.corpus is None):
+            raise ValueError(
+                "give either path (a UTF-8 file under data/raw/) or corpus: python_docs"
+            )
+        return self
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        return "tokens", "classification"
+
+
+class TranslationConfig(_Dataset):
+    """A generated toy translation corpus (numbers in English words to French words), seeded
+    by the split seed; distinct numbers per split, so test numbers are unseen in training."""
+
+    source: Literal["translation"]
+    task: Literal["numbers_en_fr"] = "numbers_en_fr"
+    max_number: Annotated[int, Field(ge=2, le=999_999)] = 9999
+    train_size: Count = 6000
+    val_size: Count = 1000
+    test_size: Count = 2000
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        return "translation", "classification"
+
+
 DatasetConfig = Annotated[
     DigitsConfig
     | SunspotsConfig
@@ -177,7 +234,9 @@ DatasetConfig = Annotated[
     | CsvConfig
     | NpzConfig
     | ImagesConfig
-    | KerasConfig,
+    | KerasConfig
+    | TextConfig
+    | TranslationConfig,
     Field(discriminator="source"),
 ]
 

@@ -89,6 +89,8 @@ def load_prepared(directory: Path) -> Prepared:
             task=manifest["task"],
             n_outputs=int(manifest["n_outputs"]),
             input_scale=input_scale(manifest),
+            input_vocab=_input_vocab(manifest),
+            target_length=(manifest.get("details") or {}).get("target_length"),
         )
     except (KeyError, TypeError) as exc:
         raise DataError(
@@ -109,6 +111,12 @@ def input_scale(manifest: Mapping[str, Any]) -> float | None:
     """The factor the model applies to stored inputs (raw uint8 pixels), or None."""
     scale = manifest.get("feature_scale") or {}
     return float(scale["scale"]) if scale.get("method") == "rescale_in_model" else None
+
+
+def _input_vocab(manifest: Mapping[str, Any]) -> int | None:
+    """Size of the source vocabulary of a translation dataset, or None."""
+    source = (manifest.get("details") or {}).get("source_vocab")
+    return len(source) if source is not None else None
 
 
 def check_batch_size(data: Prepared, batch_size: int, key: str) -> None:

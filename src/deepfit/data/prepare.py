@@ -20,6 +20,8 @@ from deepfit.data.config import (
     KerasConfig,
     NpzConfig,
     SunspotsConfig,
+    TextConfig,
+    TranslationConfig,
 )
 from deepfit.data.errors import DataError
 from deepfit.data.io import (
@@ -368,6 +370,18 @@ def _keras_images(x: np.ndarray) -> np.ndarray:
     return images[..., None] if images.ndim == 3 else images
 
 
+def build_text(cfg: TextConfig, seed: int, raw_dir: Path, where: str) -> Built:
+    from deepfit.data import text  # imports this module
+
+    return text.build_text(cfg, seed, raw_dir, where)
+
+
+def build_translation(cfg: TranslationConfig, seed: int, raw_dir: Path, where: str) -> Built:
+    from deepfit.data import translation  # imports this module
+
+    return translation.build_translation(cfg, seed, raw_dir, where)
+
+
 BUILDERS: dict[str, Callable[[Any, int, Path, str], Built]] = {
     "digits": build_digits,
     "sunspots": build_sunspots,
@@ -376,4 +390,6 @@ BUILDERS: dict[str, Callable[[Any, int, Path, str], Built]] = {
     "npz": build_npz,
     "images": build_images,
     "keras": build_keras,
+    "text": build_text,
+    "translation": build_translation,
 }

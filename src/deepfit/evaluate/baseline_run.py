@@ -30,6 +30,8 @@ FAMILY_METRIC = {
     "classification": ("accuracy", "higher"),
     "forecast": ("rmse", "lower"),
     "regression": ("mse", "lower"),
+    "language_model": ("bpc", "lower"),
+    "translation": ("exact_match", "higher"),
 }
 
 
@@ -47,7 +49,12 @@ class BaselineOutputs:
 
 
 def family_of(dataset: Any) -> str:
-    """classification, forecast (a windowed series) or regression: from the dataset's config."""
+    """classification, forecast (a windowed series), regression, language_model (a text
+    corpus) or translation: from the dataset's config."""
+    if dataset.source == "text":
+        return "language_model"
+    if dataset.source == "translation":
+        return "translation"
     _, task = dataset.kind_and_task()
     if task == "classification":
         return "classification"
@@ -83,6 +90,13 @@ def _fit(family: str, baseline: str, grid: dict, data: Prepared, seed: int) -> d
     # The classifier and the regressor of gradient-boosted trees share the name gbt.
     fit = baselines.gbt_regression if (family, baseline) == ("regression", "gbt") else None
     fit = fit or getattr(baselines, baseline)
+    if family == "translation":
+        return fit(*(texts(data, split) for split in ("train", "val", "test")))
+    if family == "language_model":
+        vocab = data.spec.n_outputs
+        if grid:
+            return fit(data.train, data.val, data.test, vocab, grid)
+        return fit(data.train, data.val, data.test, vocab)
     if family == "classification":
         return fit(data.train, data.val, data.test, grid or {}, seed=seed)
     scale = data.manifest.get("target_scale") or {}
@@ -90,6 +104,15 @@ def _fit(family: str, baseline: str, grid: dict, data: Prepared, seed: int) -> d
     if not grid and baseline in ("persistence", "constant"):
         return fit(data.train, data.val, data.test, mean, std)
     return fit(data.train, data.val, data.test, mean, std, grid)
+
+
+def texts(data: Prepared, split: str) -> tuple[list[str], list[str]]:
+    """Source and target texts of a translation dataset's split."""
+    from deepfit.data.translation import ids_to_text
+
+    x, y = getattr(data, split)
+    details = data.manifest["details"]
+    return ids_to_text(x, details["source_vocab"]), ids_to_text(y, data.manifest["class_names"])
 
 
 def _brief(result: dict[str, Any], family: str) -> str:

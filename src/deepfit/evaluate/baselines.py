@@ -44,6 +44,7 @@ SEASONAL_GRID: dict[str, list[Any]] = {"period": [11]}
 AR_GRID: dict[str, list[Any]] = {"p": [1, 2, 3, 4, 6, 8, 10, 12]}
 RIDGE_GRID: dict[str, list[Any]] = {"alpha": [0.01, 0.1, 1.0, 10.0, 100.0]}
 GMM_GRID: dict[str, list[Any]] = {"components": [16, 32], "mixtures": [10, 30]}
+NGRAM_GRID: dict[str, list[Any]] = {"order": [2, 3, 4, 5, 6], "discount": [0.75, 0.9]}
 
 
 # --- classification -------------------------------------------------------------------------
@@ -445,6 +446,98 @@ def nearest_train_distance(
     if real == 0.0:
         raise ValueError("most held-out images are exact copies of training images")
     return {"samples_median": gen, "holdout_median": real, "ratio": gen / real}
+
+
+# --- language models (windows of character ids) ----------------------------------------------
+
+
+def unigram(train: Split, val: Split, test: Split, vocab: int) -> dict[str, Any]:
+    """Add-one smoothed training character frequencies; ``"predictions"`` are per-target bits."""
+    from deepfit.evaluate.ngram import unigram_bits
+
+    y_train = np.asarray(train[1])
+    val_bits = unigram_bits(y_train, np.asarray(val[1]), vocab)
+    return _language_result(unigram_bits(y_train, np.asarray(test[1]), vocab), val_bits, {})
+
+
+def ngram(
+    train: Split, val: Split, test: Split, vocab: int, grid: Grid = NGRAM_GRID
+) -> dict[str, Any]:
+    """Interpolated character n-gram (absolute discounting), order and discount chosen on
+    validation bits per character; ``"predictions"`` are the test targets' bits (n, T)."""
+    from deepfit.evaluate.ngram import fit_counts, ngram_bits
+
+    x_train, y_train = np.asarray(train[0]), np.asarray(train[1])
+    x_val, y_val = np.asarray(val[0]), np.asarray(val[1])
+    orders = [_positive_int(order, "order") for order in grid.get("order", [5])]
+    levels = fit_counts(x_train, y_train, max(orders), vocab)  # each order reuses a prefix
+
+    def score(params: dict[str, Any]) -> tuple[float, Any]:
+        kept = levels[: params["order"] - 1]
+        bits = ngram_bits(kept, y_train, x_val, y_val, vocab, float(params["discount"]))
+        return float(bits.mean()), kept
+
+    grid = {"order": [5], "discount": [0.75], **grid}
+    params, val_bpc, kept = _select(grid, score, "lower", {"order", "discount"})
+    x_test, y_test = (np.asarray(a) for a in test)
+    bits = ngram_bits(kept, y_train, x_test, y_test, vocab, float(params["discount"]))
+    return _language_result(bits, val_bpc, params)
+
+
+def _language_result(test_bits: np.ndarray, val: Any, params: dict[str, Any]) -> dict[str, Any]:
+    val_bpc = float(np.mean(val))
+    bpc = float(np.mean(test_bits))
+    return {
+        "bpc": bpc,
+        "perplexity": float(2.0**bpc),
+        "val_bpc": val_bpc,
+        "params": params,
+        "predictions": test_bits.astype(np.float32),
+    }
+
+
+# --- translation (texts) ----------------------------------------------------------------------
+
+
+def length_mode(
+    train: tuple[list[str], list[str]], val: tuple[list[str], list[str]], test: tuple[list, list]
+) -> dict[str, Any]:
+    """Rule-free: the most frequent training target among sources of the same number of words
+    (the overall most frequent target for an unseen length). Inputs are (sources, targets)."""
+    from collections import Counter
+
+    from deepfit.evaluate.metrics import translation_metrics
+
+    by_length: dict[int, Counter] = {}
+    for source, target in zip(*train, strict=True):
+        by_length.setdefault(len(source.split()), Counter())[target] += 1
+    overall = Counter(train[1]).most_common(1)[0][0]
+
+    def predict(sources: list[str]) -> list[str]:
+        found = {n: c.most_common(1)[0][0] for n, c in by_length.items()}
+        return [found.get(len(s.split()), overall) for s in sources]
+
+    return _translation_result(val, test, predict(val[0]), predict(test[0]), translation_metrics)
+
+
+def copy(
+    train: tuple[list[str], list[str]], val: tuple[list[str], list[str]], test: tuple[list, list]
+) -> dict[str, Any]:
+    """Rule-free: the source text as its own translation (scores the words both languages
+    share; its character error rate is how far apart the languages are)."""
+    from deepfit.evaluate.metrics import translation_metrics
+
+    return _translation_result(val, test, list(val[0]), list(test[0]), translation_metrics)
+
+
+def _translation_result(val, test, val_pred, test_pred, score) -> dict[str, Any]:
+    found = score(list(test[1]), test_pred)
+    return {
+        **found,
+        "val_exact_match": score(list(val[1]), val_pred)["exact_match"],
+        "params": {},
+        "predictions": np.asarray(test_pred, dtype=str),
+    }
 
 
 # --- comparing baselines -------------------------------------------------------------------

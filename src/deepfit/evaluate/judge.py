@@ -40,6 +40,18 @@ def errors(
     return _judged(low, high, p_value, better, "paired bootstrap")
 
 
+def bits(model_bits: np.ndarray, base_bits: np.ndarray, seed: int) -> dict[str, Any]:
+    """Bits per character of each test window (n, T) for the model and the baseline: bootstrap
+    interval of the model's mean, paired bootstrap over windows (neighbouring characters are not
+    independent; whole windows are the resampled items)."""
+    model_windows = np.asarray(model_bits, dtype=np.float64).mean(axis=1)
+    base_windows = np.asarray(base_bits, dtype=np.float64).mean(axis=1)
+    low, high = stats.bootstrap_interval(np.mean, model_windows, seed=seed)
+    p_value = stats.paired_bootstrap(model_windows, base_windows, seed=seed, loss="absolute")
+    better = bool(model_windows.mean() < base_windows.mean())
+    return _judged(low, high, p_value, better, "paired bootstrap over windows")
+
+
 def generation(
     model_interval: tuple[float, float], base_interval: tuple[float, float], better: bool
 ) -> dict[str, Any]:

@@ -28,6 +28,8 @@ KEY_METRICS = {
     "forecast": ("rmse", "strongest", "lower"),
     "regression": ("mse", "strongest", "lower"),
     "generative": ("fid", "strongest", "lower"),
+    "language_model": ("bpc", "strongest", "lower"),
+    "translation": ("exact_match", "strongest", "higher"),
 }
 
 
@@ -38,12 +40,17 @@ def key_metric_names(kind: str) -> tuple[str, str, str]:
 
 
 def evaluation_kind(model: str, dataset: Any) -> str:
-    """generative, classification, forecast (a windowed series) or regression; from params."""
+    """generative, language_model (a text corpus), translation, classification, forecast (a
+    windowed series) or regression; from params."""
     from deepfit.data.config import dataset_kind_and_task
     from deepfit.models import get_spec
 
     if get_spec(model).generative:
         return "generative"
+    if dataset.source == "text":
+        return "language_model"
+    if dataset.source == "translation":
+        return "translation"
     _, task = dataset_kind_and_task(dataset)
     if task == "classification":
         return "classification"
@@ -93,6 +100,59 @@ def classification_metrics(y_true: ArrayLike, proba: ArrayLike) -> dict[str, Any
         "loss": cross_entropy(true, p),
         "f1_macro": float(f1_score(true, pred, average="macro", zero_division=0)),
         "confusion": confusion(true, pred, n_classes),
+    }
+
+
+# --- language models ------------------------------------------------------------------------
+
+
+def target_bits(y_true: ArrayLike, proba: ArrayLike, eps: float = PROBA_EPS) -> np.ndarray:
+    """Bits of every target id under next-token probabilities: (n, T) ids, (n, T, V) proba."""
+    true = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(proba)
+    if p.shape[:-1] != true.shape:
+        raise ValueError(f"proba has shape {p.shape}, expected {(*true.shape, 'V')}")
+    picked = np.take_along_axis(p, true[..., None], axis=-1)[..., 0].astype(np.float64)
+    return -np.log2(np.clip(picked, eps, 1.0))
+
+
+def language_model_metrics(bits: ArrayLike, correct: ArrayLike) -> dict[str, float]:
+    """Bits per character, perplexity (per character), loss in nats and next-character
+    accuracy, from each target's bits and whether the most likely id was the target."""
+    bpc = float(np.mean(bits))
+    return {
+        "bpc": bpc,
+        "perplexity": float(2.0**bpc),
+        "loss": bpc * float(np.log(2.0)),
+        "accuracy": float(np.mean(correct)),
+    }
+
+
+# --- translation ----------------------------------------------------------------------------
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two strings (insertions, deletions, substitutions)."""
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, start=1):
+        current = [i]
+        for j, other in enumerate(b, start=1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char != other))
+            )
+        previous = current
+    return previous[-1]
+
+
+def translation_metrics(targets: list[str], predicted: list[str]) -> dict[str, float]:
+    """Exact-match accuracy, and the character error rate: edit distance summed over items
+    divided by the targets' characters."""
+    if len(targets) != len(predicted):
+        raise ValueError(f"{len(targets)} targets but {len(predicted)} predictions")
+    errors = sum(edit_distance(p, t) for t, p in zip(targets, predicted, strict=True))
+    return {
+        "exact_match": float(np.mean([t == p for t, p in zip(targets, predicted, strict=True)])),
+        "cer": errors / max(1, sum(len(t) for t in targets)),
     }
 
 

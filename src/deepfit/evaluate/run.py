@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GAN_SAMPLES = 1000
+# Test windows the gradients through time of a language model are averaged over.
+GRADIENT_WINDOWS = 256
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,8 @@ def diagnose_run(
     reference = None
     if not generative:
         reference = diagnosis.reference_losses(data.train[1], data.val[1], data.spec.task)
-    metric = {"classification": "accuracy", "generative": None}.get(kind, "mae")
+    token_kinds = ("classification", "language_model", "translation")
+    metric = "accuracy" if kind in token_kinds else None if generative else "mae"
     fit = diagnosis.diagnose(history, params.fit, reference, generative, metric)
     records = read_gradients(model_dir / GRADIENTS_FILE)
     return fit, diagnosis.gradient_summary(records, params.fit)
@@ -220,6 +223,10 @@ def score(
     found = _dataset_baselines(run.dataset, where.baselines_dir)
     if kind == "classification":
         return _classification(run, params, model, data, where, found)
+    if kind == "language_model":
+        return _language_model(run, params, model, data, where, found)
+    if kind == "translation":
+        return _translation(run, params, model, data, where, found)
     return _regression(kind, run, params, model, data, where, found)
 
 
@@ -251,6 +258,58 @@ def _classification(run, params, model, data, where: Where, found) -> Scored:
     figures.confusion_matrix_png(cm, names, where.figures_dir / "confusion.png", title=run.name)
     strongest = scores["strongest"]
     judged = judge.classification(y_test, y_pred, predictions[strongest], params.seeds.split)
+    return Scored(test, scores["baselines"], strongest, judged)
+
+
+def _language_model(run, params, model, data, where: Where, found) -> Scored:
+    """Bits per character of the next-character predictions on the test windows, beside the
+    baseline's bits on the same targets; plot data: mean bits by position in the window."""
+    scores, predictions = found
+    x_test, y_test = data.test
+    proba = model.predict(np.asarray(x_test, dtype=np.int32), batch_size=256, verbose=0)
+    bits = metrics.target_bits(y_test, proba)
+    test = metrics.language_model_metrics(bits, proba.argmax(axis=-1) == y_test)
+    strongest = scores["strongest"]
+    base = np.asarray(predictions[strongest], dtype=np.float64)
+    judged = judge.bits(bits, base, params.seeds.split)
+    positions = range(1, bits.shape[1] + 1)
+    rows = zip(positions, bits.mean(axis=0).tolist(), base.mean(axis=0).tolist(), strict=True)
+    header = ["position", "model", strongest]
+    write_text(where.plots_dir / "bits_by_position.csv", csv_text(header, rows))
+    test["gradient_reach"] = _gradient_reach(model, data, where.plots_dir)
+    return Scored(test, scores["baselines"], strongest, judged)
+
+
+def _gradient_reach(model, data: Prepared, plots_dir: Path) -> float:
+    """Gradients through time on the first test windows (plot data: norm by distance back);
+    returns the norm at the window's first position over the norm at its last."""
+    from deepfit.train.gradients import gradients_through_time
+
+    x_test, y_test = data.test
+    norms = gradients_through_time(model, x_test[:GRADIENT_WINDOWS], y_test[:GRADIENT_WINDOWS])
+    rows = enumerate(norms)
+    write_text(plots_dir / "gradients_through_time.csv", csv_text(["distance", "norm"], rows))
+    return norms[-1] / norms[0] if norms[0] > 0 else 0.0
+
+
+def _translation(run, params, model, data, where: Where, found) -> Scored:
+    """Greedy decoding of the test sources; exact match and character error rate beside the
+    strongest rule-free baseline (McNemar on the items each gets exactly right)."""
+    from deepfit.data.translation import ids_to_text
+    from deepfit.evaluate.baseline_run import texts
+
+    scores, predictions = found
+    sources, targets = texts(data, "test")
+    proba = model.predict(data.test[0], batch_size=256, verbose=0)
+    predicted = ids_to_text(proba.argmax(axis=-1), data.manifest["class_names"])
+    test = metrics.translation_metrics(targets, predicted)
+    strongest = scores["strongest"]
+    truth, ours = np.asarray(targets, dtype=str), np.asarray(predicted, dtype=str)
+    judged = judge.classification(truth, ours, predictions[strongest], params.seeds.split)
+    numbers = data.extras["test"]["number"].tolist()
+    rows = zip(numbers, sources, targets, predicted, strict=True)
+    header = ["number", "source", "target", "predicted"]
+    write_text(where.plots_dir / "translations.csv", csv_text(header, rows))
     return Scored(test, scores["baselines"], strongest, judged)
 
 

@@ -16,8 +16,8 @@ from deepfit.models.base import ModelFileError, ModelSpec
 if TYPE_CHECKING:
     import keras
 
-# Shared pieces, and the one module that defines a Keras class at import (the GAN model).
-_NON_MODELS = {"base", "blocks", "gan_network"}
+# Shared pieces, and the modules that define a Keras class at import (GAN, encoder-decoder).
+_NON_MODELS = {"base", "blocks", "gan_network", "seq2seq_network"}
 
 
 def _discover() -> dict[str, ModelSpec]:

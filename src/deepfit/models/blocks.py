@@ -18,6 +18,7 @@ from deepfit.models.base import (
     DropoutRate,
     L2Factor,
     OptionalWidths,
+    PositiveInt,
     Widths,
     check_per_layer,
     per_layer,
@@ -35,10 +36,21 @@ def input_layers(data: DataSpec) -> tuple[Any, Any]:
     import keras
     from keras import layers
 
-    inputs = keras.Input(shape=data.input_shape, name="inputs")
+    if data.kind == "tokens":
+        # Any length: the model is trained on windows and samples text from shorter prompts.
+        inputs = keras.Input(shape=(None,), dtype="int32", name="inputs")
+    else:
+        inputs = keras.Input(shape=data.input_shape, name="inputs")
     if data.input_scale is None:
         return inputs, inputs
     return inputs, layers.Rescaling(data.input_scale, name="rescale")(inputs)
+
+
+def token_embedding(x: Any, data: DataSpec, dim: int) -> Any:
+    """Integer ids (``data.n_outputs`` symbols, the vocabulary) to ``dim``-wide vectors."""
+    from keras import layers
+
+    return layers.Embedding(data.n_outputs, dim, name="embedding")(x)
 
 
 def kernel_regularizer(l2: float) -> keras.regularizers.Regularizer | None:
@@ -130,6 +142,8 @@ class RecurrentConfig(ArchConfig):
     recurrent_dropout: DropoutRate = 0.0  # on the recurrent state, inside each cell
     l2: L2Factor = 0.0  # on input, recurrent and dense kernels
     dense: OptionalWidths = Field([])
+    # Width of the embedding in front of the first layer; used by token inputs (text) only.
+    embedding: PositiveInt = 32
 
     @model_validator(mode="after")
     def _one_activation_per_layer(self) -> RecurrentConfig:
@@ -139,7 +153,8 @@ class RecurrentConfig(ArchConfig):
 
 def recurrent_model(cell: Cell, name: str, cfg: RecurrentConfig, data: DataSpec) -> keras.Model:
     """Stacked ``cell`` layers (all but the last return sequences) and a head; images are read
-    row by row as time steps."""
+    row by row as time steps. Token ids are embedded and every layer returns sequences: the
+    head predicts the next token at every position (a language model)."""
     import keras
     from keras import layers
 
@@ -148,9 +163,13 @@ def recurrent_model(cell: Cell, name: str, cfg: RecurrentConfig, data: DataSpec)
     if data.kind == "image":
         height, width, channels = data.input_shape
         x = layers.Reshape((height, width * channels), name="rows_as_steps")(x)
+    if data.kind == "tokens":
+        x = token_embedding(x, data, cfg.embedding)
     cell_class = getattr(layers, cell)
-    last = len(cfg.units)
-    for i, (width, activation) in enumerate(zip(cfg.units, activations[:last], strict=True), 1):
+    # A language model predicts at every step: no layer collapses the sequence.
+    last = len(cfg.units) + (1 if data.kind == "tokens" else 0)
+    hidden = activations[: len(cfg.units)]
+    for i, (width, activation) in enumerate(zip(cfg.units, hidden, strict=True), 1):
         x = cell_class(
             width,
             activation=activation,
@@ -163,6 +182,11 @@ def recurrent_model(cell: Cell, name: str, cfg: RecurrentConfig, data: DataSpec)
         if cfg.dropout > 0:
             x = layers.Dropout(cfg.dropout, name=f"{name}_{i}_dropout")(x)
     x = dense_stack(
-        x, cfg.dense, activations[last:], dropout=cfg.dropout, l2=cfg.l2, batch_norm=False
+        x,
+        cfg.dense,
+        activations[len(cfg.units) :],
+        dropout=cfg.dropout,
+        l2=cfg.l2,
+        batch_norm=False,
     )
     return keras.Model(inputs, output_head(x, data, cfg.l2), name=name)

@@ -24,7 +24,10 @@ SPEC = ModelSpec(
     name="lstm",
     config=LSTMConfig,
     build=build,
-    input_kinds=frozenset({"sequence", "image"}),
+    input_kinds=frozenset({"sequence", "image", "tokens"}),
     tasks=frozenset({"classification", "regression"}),
-    description="Stacked LSTM; images are read row by row as time steps",
+    description=(
+        "Stacked LSTM; images are read row by row as time steps; token ids are embedded "
+        "and the next one predicted at every step (a language model)"
+    ),
 )

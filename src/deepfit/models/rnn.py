@@ -24,7 +24,10 @@ SPEC = ModelSpec(
     name="rnn",
     config=RNNConfig,
     build=build,
-    input_kinds=frozenset({"sequence", "image"}),
+    input_kinds=frozenset({"sequence", "image", "tokens"}),
     tasks=frozenset({"classification", "regression"}),
-    description="Stacked SimpleRNN; images are read row by row as time steps",
+    description=(
+        "Stacked SimpleRNN; images are read row by row as time steps; token ids are embedded "
+        "and the next one predicted at every step (a language model)"
+    ),
 )

@@ -104,6 +104,28 @@ def plain_words(rows: list[dict[str, Any]]) -> str:
     return ("\n".join(lines) + "\n") if lines else "Every run beats its strongest baseline.\n"
 
 
+def language_words(rows: list[dict[str, Any]]) -> str:
+    """Per text corpus: the language models' bits per character beside the strongest baseline,
+    and whether the best LSTM beats every other run and that baseline (issue 14, T1)."""
+    models = [r for r in rows if r["metric"] == "test.bpc"]
+    lines = []
+    for dataset in sorted({r["dataset"] for r in models}):
+        here = sorted((r for r in models if r["dataset"] == dataset), key=lambda r: r["value"])
+        listed = ", ".join(f"{r['run']} ({r['model']}) {_num(r['value'])}" for r in here)
+        base = f"{here[0]['baseline_name']} {_num(here[0]['baseline'])}"
+        lstm = next((r for r in here if r["model"] == "lstm"), None)
+        if lstm is None:
+            verdict = "no LSTM run on this corpus"
+        elif lstm is here[0] and lstm["value"] < lstm["baseline"]:
+            verdict = f"the LSTM ({lstm['run']}) has the fewest bits per character"
+        else:
+            verdict = (
+                f"**the LSTM ({lstm['run']}) does not beat every other model and the baseline**"
+            )
+        lines.append(f"- {dataset}: {listed}; baseline {base} bits per character: {verdict}.")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def _versus(versus: dict[str, Any]) -> str:
     """``better (p = 0.003)``, in words; a GAN's FID intervals have no p-value."""
     if not versus:
@@ -157,6 +179,7 @@ def write_report(params: Params, reports: Path = Path("reports")) -> Path:
         + markdown_table(rows)
         + "\n"
         + plain_words(rows)
+        + _section("Language models (test bits per character, lower is better)", rows)
         + "\n## Fit\n\n"
         "Verdicts from each run's per-epoch history (rules and thresholds: README, "
         '"Reading the fit"; params `fit:`). Skill is 1 - loss / the constant predictor\'s loss; '
@@ -166,6 +189,11 @@ def write_report(params: Params, reports: Path = Path("reports")) -> Path:
         + f"\n![learning curves of all runs]({figure.relative_to(reports)})\n"
     )
     return write_text(reports / "summary.md", text)
+
+
+def _section(title: str, rows: list[dict[str, Any]]) -> str:
+    words = language_words(rows)
+    return f"\n## {title}\n\n{words}" if words else ""
 
 
 def _seconds(value: float | None) -> str:

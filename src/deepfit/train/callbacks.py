@@ -202,7 +202,8 @@ class GradientNorms(keras.callbacks.Callback):
 
 
 class SampleGrid(keras.callbacks.Callback):
-    """Every ``every`` epochs (and at the end) render samples from fixed noise to a PNG.
+    """Every ``every`` epochs (and at the end, unless ``at_end`` is False) render samples from
+    fixed noise to a PNG, or a language model's text.
 
     ``render(model, epoch) -> Path`` draws and writes the grid; ``on_image`` receives each path
     (the training code logs it to MLflow).
@@ -213,11 +214,13 @@ class SampleGrid(keras.callbacks.Callback):
         every: int,
         render: Callable[[keras.Model, int], Path],
         on_image: Callable[[Path], None] | None = None,
+        at_end: bool = True,
     ) -> None:
         super().__init__()
         self.every = every
         self.render = render
         self.on_image = on_image
+        self.at_end = at_end
         self.paths: list[Path] = []
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -229,6 +232,8 @@ class SampleGrid(keras.callbacks.Callback):
             self._emit(epoch + 1)
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        if not self.at_end:
+            return
         # the last epoch index, not a count: a resumed fit starts after epoch 0
         done = self.model.history.epoch if self.model.history else []
         epochs_done = done[-1] + 1 if done else 0

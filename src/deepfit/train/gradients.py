@@ -118,3 +118,23 @@ def _squared_norms(groups: list[tuple[str, list]], grads: list) -> list:
 
 def _as_norms(groups: list[tuple[str, list]], squared: list) -> dict[str, float]:
     return {name: float(s) ** 0.5 for (name, _), s in zip(groups, squared, strict=True)}
+
+
+def gradients_through_time(model: keras.Model, x: Any, y: Any) -> list[float]:
+    """How far back a language model's gradient reaches: the mean norm of the gradient of the
+    last position's loss with respect to the embedded input at each position, indexed by the
+    distance back from the last position (0 = the last position itself)."""
+    import numpy as np
+    import tensorflow as tf
+
+    embedding = model.get_layer("embedding")
+    rest = keras.Model(embedding.output, model.output)  # everything after the embedding
+    ids = np.asarray(x, dtype=np.int32)
+    last = tf.constant(np.asarray(y)[:, -1].astype(np.int32))
+    embedded = embedding(ids)
+    with tf.GradientTape() as tape:
+        tape.watch(embedded)
+        picked = tf.gather(rest(embedded)[:, -1, :], last, batch_dims=1)
+        loss = -tf.reduce_mean(tf.math.log(picked + 1e-7))
+    norms = tf.reduce_mean(tf.norm(tape.gradient(loss, embedded), axis=-1), axis=0)
+    return [float(v) for v in norms.numpy()[::-1]]

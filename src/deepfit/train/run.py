@@ -50,6 +50,8 @@ class TrainOutputs:
     curves_dir: Path
     gradients_dir: Path
     figures_dir: Path
+    # The kept model's text samples (a language model), or a line saying there are none.
+    samples: Path | None = None
 
     @classmethod
     def for_run(cls, name: str, root: Path = Path()) -> TrainOutputs:
@@ -58,6 +60,7 @@ class TrainOutputs:
             curves_dir=root / "reports" / "plots" / name / "curves",
             gradients_dir=root / "reports" / "plots" / name / "gradients",
             figures_dir=root / "reports" / "figures" / name / "training",
+            samples=root / "reports" / "samples" / f"{name}.txt",
         )
 
 
@@ -85,6 +88,8 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
         generative = get_spec(run.model).generative
         gradients = gradient_callback(model, data, run.train, params.seeds.train, generative)
         callbacks = _callbacks(run, params, backup, [metrics, first_step], gradients, figures_dir)
+        if data.spec.kind == "tokens":  # a language model writes text as it learns
+            callbacks.append(_text_samples(run, params, data, figures_dir))
         backup.attach(active.info.run_id, callbacks, figures_dir, tracking.log_epoch_rows)
         history, seconds = _fit(model, data, run, params, [*callbacks, backup.callback], backup)
         summary = _summary(run, model, active.info, history, seconds)
@@ -92,7 +97,10 @@ def train_run(run: RunConfig, params: Params, data: Prepared, out: TrainOutputs)
         summary["mlflow_epoch_logging_seconds"] = round(metrics.seconds, 4)
         records = gradients.ordered_records() if gradients is not None else []
         save_outputs(staged, run.name, model, history, summary, records)
+        samples = final_samples(run, params, model, data)
         _log_outputs(model, summary, figures_dir, data)
+        if out.samples is not None:  # last: DVC's output appears only with the others
+            write_text(out.samples, samples)
     backup.clear()
     log.info("%s: %d epochs in %.1fs, best epoch %d", run.name, *_brief(summary))
     return summary
@@ -210,6 +218,8 @@ def _log_outputs(
     mlflow.log_artifacts(str(figures_dir), artifact_path="figures/training")
     if "table" in data.manifest:
         _log_table_model(model, data)
+    elif data.spec.kind == "tokens":  # character ids: the model's input dtype
+        _log_model(model, data.val[0][:5].astype("int32"))
     else:
         _log_model(model, data.val[0][:5], data.manifest.get("feature_scale"))
 
@@ -230,6 +240,48 @@ def _sample_grid(run: RunConfig, params: Params, figures_dir: Path) -> keras.cal
         mlflow.log_artifact(str(path), artifact_path="figures/samples")
 
     return SampleGrid(run.train.sample_every, render, log_image)
+
+
+def _text_samples(
+    run: RunConfig, params: Params, data: Prepared, figures_dir: Path
+) -> keras.callbacks.Callback:
+    """Every ``sample_every`` epochs: text from the prompt at each temperature, into
+    figures/ and MLflow (``samples/epoch_NNNN.txt``)."""
+    import mlflow
+
+    from deepfit.train.sampling import sample_text, samples_text
+
+    vocab, window = data.manifest["class_names"], data.spec.input_shape[0]
+    cfg = run.train.text_samples
+
+    def render(model: keras.Model, epoch: int) -> Path:
+        texts = sample_text(model, vocab, cfg, window, params.seeds.train)
+        path = figures_dir / f"samples_epoch_{epoch:04d}.txt"
+        write_text(path, samples_text(texts, cfg, f"{run.name}: epoch {epoch}"))
+        return path
+
+    def log_text(path: Path) -> None:
+        mlflow.log_text(path.read_text(encoding="utf-8"), f"samples/{path.name}")
+
+    # Not at the end: final_samples writes the kept model's text after training.
+    return SampleGrid(run.train.sample_every, render, log_text, at_end=False)
+
+
+def final_samples(run: RunConfig, params: Params, model: keras.Model, data: Prepared) -> str:
+    """The kept model's text samples (logged to MLflow as samples/final.txt), or for a run that
+    is not a language model a line saying so."""
+    if data.spec.kind != "tokens":
+        return f"{run.name}: not a language model; no text samples\n"
+    import mlflow
+
+    from deepfit.train.sampling import sample_text, samples_text
+
+    cfg = run.train.text_samples
+    vocab, window = data.manifest["class_names"], data.spec.input_shape[0]
+    texts = sample_text(model, vocab, cfg, window, params.seeds.train)
+    text = samples_text(texts, cfg, f"{run.name}: the kept model (best epoch)")
+    mlflow.log_text(text, "samples/final.txt")
+    return text
 
 
 def _check_finite(model: keras.Model, history: dict[str, list[float]]) -> None:
