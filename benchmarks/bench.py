@@ -702,7 +702,8 @@ def search_rows(bench: Bench) -> tuple[Rows, Details]:
         ["search", "seed", "seconds", "best val loss", "complete", "pruned", "failed"],
         "llrrrrr",
         [
-            [k, s, f"{r['seconds']:.1f}", f"{r['best']:.4g}", *r["counts"].values()]
+            [k, s, f"{r['seconds']:.1f}", f"{r['best']:.4g}"]
+            + [r["counts"][state] for state in ("complete", "pruned", "failed")]
             for (k, s), r in h1.items()
         ],
     )
