@@ -348,6 +348,11 @@ def test_two_workers_share_one_study_and_keep_the_budget(tmp_path, prepared_digi
     assert len({t.user_attrs["deepfit.pid"] for t in trials}) == 2
     report = json.loads((root / "reports/tuning/tiny.json").read_text())
     assert len(report["trials"]) == 4
+    client = mlflow_client(root)
+    experiment = client.get_experiment_by_name("deepfit").experiment_id
+    parent = client.search_runs([experiment], "tags.`deepfit.run` = 'tune:tiny'")[0]
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4  # the workers found the parent run the coordinator opened
 
 
 def test_unreachable_storage_is_one_line_at_once_and_writes_nothing(tmp_path):

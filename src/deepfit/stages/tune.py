@@ -69,7 +69,7 @@ def _worker(search: TuningConfig, params: Params, url: str, threads: int) -> Non
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     deterministic_ops()
     study = storage.load(search, storage.open_storage(url))
-    work(search, params, study, study.user_attrs.get(storage.PARENT_RUN))
+    work(search, params, study, None, wait_parent=True)
 
 
 if __name__ == "__main__":

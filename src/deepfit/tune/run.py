@@ -75,8 +75,13 @@ def run_search(
             stores.budget_used(study),
             search.trials,
         )
+    # Workers start (and import TensorFlow) while this process opens the parent run.
+    workers = _start_workers(search, options) if options.workers > 1 else []
     with _parent_run(search, params, study) as parent_id:
-        _run_workers(search, params, study, options, parent_id)
+        if workers:
+            _wait(workers)
+        else:
+            work(search, params, study, parent_id)
         summary = summarise(study, search)
         write_outputs(study, search, summary, out)
         _log_artifacts(out, summary)
@@ -93,15 +98,24 @@ def _run_workers(
 ) -> None:
     if options.workers == 1:
         work(search, params, study, parent_id)
-        return
+    else:
+        _wait(_start_workers(search, options))
+
+
+def _start_workers(search: TuningConfig, options: SearchOptions) -> list[Any]:
     threads = max(1, (os.cpu_count() or 1) // options.workers)
     command = worker_command(options.params_file, search.name, options.storage, threads)
     log.info("%s: %d worker processes, %d thread(s) each", search.name, options.workers, threads)
-    workers = spawn([command] * options.workers)
+    return spawn([command] * options.workers)
+
+
+def _wait(workers: list[Any]) -> None:
+    """Wait for the worker processes; on Ctrl-C pass it on to each (they fail their trials
+    and queue them again) and wait for them to finish."""
     try:
         codes = [w.wait() for w in workers]
     except KeyboardInterrupt:
-        for w in workers:  # each fails its running trial and queues it again
+        for w in workers:
             with contextlib.suppress(ProcessLookupError):
                 w.send_signal(signal.SIGINT)
         for w in workers:

@@ -24,13 +24,21 @@ log = logging.getLogger(__name__)
 
 
 def work(
-    search: TuningConfig, params: Params, study: optuna.Study, parent_run_id: str | None
+    search: TuningConfig,
+    params: Params,
+    study: optuna.Study,
+    parent_run_id: str | None,
+    wait_parent: bool = False,
 ) -> int:
-    """Run trials of ``study`` in this process; return how many this worker ran."""
+    """Run trials of ``study`` in this process; return how many this worker ran.
+    ``wait_parent``: a worker process of ``deepfit tune --workers N`` takes the parent run
+    from the study, where the process that started it puts it while the workers start up."""
     from deepfit.data import load_prepared
 
     data = load_prepared(Path("data/prepared") / search.base.dataset)
     tracking.connect(params.mlflow.experiment)
+    if wait_parent:
+        parent_run_id = _parent_from_study(study)
     ctx = TrialContext(search, params, data, _existing_run(parent_run_id))
     deadline = time.monotonic() + search.timeout if search.timeout else None
     done = 0
@@ -88,6 +96,18 @@ def _interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
     frozen = study.tell(trial, state=TrialState.FAIL)
     stores._retry_callback()(study, frozen)
     log.warning("trial %d interrupted: failed, queued to run again", trial.number)
+
+
+def _parent_from_study(study: optuna.Study, timeout: float = 120) -> str | None:
+    """The MLflow parent run id the coordinating process records in the study."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = study.user_attrs.get(stores.PARENT_RUN)
+        if found:
+            return found
+        time.sleep(0.5)
+    log.warning("no parent run recorded in the study after %d s: trials logged without it", timeout)
+    return None
 
 
 def _existing_run(run_id: str | None) -> str | None:
