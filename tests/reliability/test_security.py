@@ -62,7 +62,7 @@ def test_a_python_object_in_params_is_refused_not_run(tmp_path):
 
 def test_subprocesses_take_argument_lists_never_params():
     """Every subprocess call takes an argument list (never a shell string), so no value from
-    params.yaml or a URL can reach a shell: git in tracking.py, the servers in server.py."""
+    params.yaml or a URL can reach a shell."""
     import ast
 
     calls = []
@@ -82,7 +82,8 @@ def test_subprocesses_take_argument_lists_never_params():
             assert not isinstance(first, ast.Constant | ast.JoinedStr), (path, node.lineno)
             shell = [k for k in node.keywords if k.arg == "shell"]
             assert not shell, (path, node.lineno)
-    assert sorted(set(calls)) == ["server.py", "tracking.py"]
+    # git (tracking), the servers (server), tune workers and `tune --apply --run` (cli)
+    assert sorted(set(calls)) == ["cli.py", "server.py", "tracking.py", "worker.py"]
     assert '["git", "rev-parse", "HEAD"]' in (ROOT / "src/deepfit/tracking.py").read_text()
 
 
