@@ -314,7 +314,7 @@ def make_workdir(directory: Path, runs: dict, datasets: dict) -> Path:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["train"]["epochs"] = 3
     raw["runs"], raw["studies"] = runs, {}
-    raw.pop("tuning", None)  # its base run is gone
+    raw["tuning"] = {}  # its base run is gone
     raw["datasets"] = {"digits": raw["datasets"]["digits"], **datasets}  # the scorer's
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

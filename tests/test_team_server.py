@@ -119,11 +119,21 @@ def test_makefile_rebuilds_a_venv_made_for_another_folder(tmp_path: Path) -> Non
     bin_dir.mkdir(parents=True)
     script = bin_dir / "deepfit"
     script.write_text("#!/somewhere/else/.venv/bin/python\n")
-    moved = subprocess.run(["make", "-n", "setup"], cwd=tmp_path, capture_output=True, text=True)
+    moved = subprocess.run(
+        ["make", "--no-print-directory", "-n", "setup"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert "-m venv --clear .venv" in moved.stdout, moved.stdout + moved.stderr
     script.write_text(f"#!{bin_dir}/python\n")
     (tmp_path / ".venv" / ".installed").touch()
-    here = subprocess.run(["make", "-n", "setup"], cwd=tmp_path, capture_output=True, text=True)
+    here = subprocess.run(
+        ["make", "--no-print-directory", "-n", "setup"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert "--clear" not in here.stdout and "venv" not in here.stdout, here.stdout
 
 
