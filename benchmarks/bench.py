@@ -281,7 +281,10 @@ def changed_stages(repo: Path, run_name: str) -> tuple[list[str], list[str]]:
         _, stages = repro(repo)
     finally:
         (repo / "params.yaml").write_text(original)
-    return [name for name, _ in stages], [f"train@{run_name}", f"evaluate@{run_name}", "report"]
+    # validate reruns on every edit; a search whose base is the run reruns with it
+    searches = [f"tune@{n}" for n, s in (raw.get("tuning") or {}).items() if s["base"] == run_name]
+    expected = ["validate", f"train@{run_name}", f"evaluate@{run_name}", "report", *searches]
+    return [name for name, _ in stages], expected
 
 
 # --- target groups: each measures its rows (and detail tables) ----------------------------------
