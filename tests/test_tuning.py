@@ -163,11 +163,13 @@ def study_trials(root: Path, name: str = "tiny") -> list:
     """The trials of the search's study in its default sqlite file; none before it exists."""
     import optuna
 
+    from deepfit.tune.storage import open_storage
+
     db = root / ".dvc/tmp/deepfit/tuning" / f"{name}.db"
     if not db.exists():
         return []
-    try:
-        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    try:  # while the stage may still be writing the schema of the new file
+        study = optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{db}"))
     except KeyError:  # the file is there, the study not yet
         return []
     return study.get_trials(deepcopy=False)
@@ -380,6 +382,22 @@ def test_reachability_check_answers_within_about_a_second():
     with pytest.raises(TuneError, match="folder /nonexistent does not exist"):
         check_reachable("sqlite:////nonexistent/study.db")
     assert time.monotonic() - started < 1.5
+
+
+def test_processes_opening_a_new_database_at_once_all_get_the_storage(tmp_path):
+    """Optuna writes its schema version on first open; two processes racing to write it must
+    both end with a working storage, not an IntegrityError (seen in CI)."""
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    script = (
+        "import sys; from deepfit.tune.storage import open_storage; "
+        "open_storage(sys.argv[1]).get_all_studies(); print('ok')"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, url], stdout=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    assert [p.communicate(timeout=120)[0].strip() for p in procs] == ["ok"] * 6
+    assert [p.returncode for p in procs] == [0] * 6
 
 
 def test_bad_params_through_the_stage_write_nothing(tmp_path):

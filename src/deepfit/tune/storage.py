@@ -16,6 +16,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,23 +115,59 @@ def _hide_password(url: str) -> str:
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage with heartbeats (a trial of a dead worker is failed and retried)."""
-    import optuna
-    from sqlalchemy.exc import SQLAlchemyError
+    """Optuna's RDB storage with heartbeats (a trial of a dead worker is failed and retried).
+
+    The first open of a new database writes Optuna's schema; processes opening it at the same
+    moment would each write it, and all but one fail. A sqlite file is opened under its lock
+    file; a server database is opened once more when another process's schema got there first.
+    """
+    from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
     quiet_optuna()
-    connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 3}
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs={"connect_args": connect, "pool_pre_ping": True},
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=_retry_callback(),
-        )
+        if url.startswith("sqlite:///"):
+            with _file_lock(_sqlite_path(url)):
+                return _rdb_storage(url)
+        try:
+            return _rdb_storage(url)
+        except SQLAlchemyError as exc:
+            if not (isinstance(exc, IntegrityError) or "already exists" in str(exc)):
+                raise
+            time.sleep(1.0)
+            return _rdb_storage(url)
     except (SQLAlchemyError, OSError, ImportError) as exc:
         reason = one_line(exc).split(" (Background on this error")[0]
         raise TuneError(f"--storage {_hide_password(url)}: {reason[:300]}") from None
+
+
+def _sqlite_path(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///"))
+
+
+@contextlib.contextmanager
+def _file_lock(db: Path) -> Iterator[None]:
+    """An exclusive lock on ``<db>.lock`` next to a sqlite file, released on exit."""
+    import fcntl
+
+    with open(db.with_name(f"{db.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    import optuna
+
+    connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 3}
+    return optuna.storages.RDBStorage(
+        url,
+        engine_kwargs={"connect_args": connect, "pool_pre_ping": True},
+        heartbeat_interval=HEARTBEAT_SECONDS,
+        grace_period=GRACE_SECONDS,
+        heartbeat_stale_trial_callback=_retry_callback(),
+    )
 
 
 def quiet_optuna() -> None:
@@ -303,15 +340,8 @@ def budget_lock(storage: Any, name: str) -> Iterator[None]:
     """One worker at a time counts the budget and takes the next trial."""
     url = str(storage.url)
     if url.startswith("sqlite:///"):
-        import fcntl
-
-        path = Path(url.removeprefix("sqlite:///"))
-        with open(path.with_name(f"{path.name}.lock"), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with _file_lock(_sqlite_path(url)):
+            yield
     elif url.startswith("postgresql"):
         from sqlalchemy import text
 
