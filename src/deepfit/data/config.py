@@ -11,8 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # What a prepared dataset looks like to a model: "image" is (H, W, C), "sequence" is (T, F),
 # "vector" is (F,), "tokens" is (T,) integer ids of a vocabulary of ``n_outputs`` symbols (a
 # character language model predicts the next id at every position), "translation" is (S,) source
-# token ids translated into (T,) target token ids.
-InputKind = Literal["image", "sequence", "vector", "tokens", "translation"]
+# token ids translated into (T,) target token ids, "text" is one raw string per sample (the
+# model's TextVectorization layer, built from ``vocabulary``, turns it into words).
+InputKind = Literal["image", "sequence", "vector", "tokens", "translation", "text"]
 Task = Literal["classification", "regression"]
 
 
@@ -30,13 +31,23 @@ class DataSpec:
     # number of target tokens it decodes.
     input_vocab: int | None = None
     target_length: int | None = None
+    # A text dataset's words (most frequent first, fitted on the training split; without the
+    # padding and unknown tokens) and the words per text a sequence model reads.
+    vocabulary: tuple[str, ...] | None = None
+    sequence_length: int | None = None
 
 
 Fraction = Annotated[float, Field(gt=0.0, lt=0.5)]
 Count = Annotated[int, Field(ge=1)]
 Side = Annotated[int, Field(ge=1, le=4096)]
 ImageSize = Annotated[list[Side], Field(min_length=2, max_length=2)]
-KerasName = Literal["mnist", "fashion_mnist", "cifar10"]
+KerasName = Literal["mnist", "fashion_mnist", "cifar10", "imdb"]
+# Words a text dataset keeps (Keras' ``max_tokens``: the padding and unknown tokens count) and
+# words per text that sequence models read (``output_sequence_length``: padded or cut).
+VocabularySize = Annotated[int, Field(ge=3, le=1_000_000)]
+TextLength = Annotated[int, Field(ge=1, le=100_000)]
+DEFAULT_VOCABULARY = 20_000
+DEFAULT_TEXT_LENGTH = 200
 
 # val + test must leave a real training set.
 MAX_HELD_OUT = 0.8
@@ -164,16 +175,61 @@ class ImagesConfig(_UserFile):
 
 
 class KerasConfig(_Dataset):
-    """A keras.datasets image set; needs the Keras cache or a network connection."""
+    """A keras.datasets set (images, or IMDB reviews as text); needs the Keras cache or a
+    network connection."""
 
     source: Literal["keras"]
     name: KerasName
     val_fraction: Fraction = 0.1
     # Caps the samples drawn from Keras' training set (before val is split off); test stays whole.
     limit: Annotated[int, Field(ge=2)] | None = None
+    # imdb only (a text dataset): as for text_folder; null means the text_folder default.
+    vocabulary_size: VocabularySize | None = None
+    sequence_length: TextLength | None = None
+
+    @model_validator(mode="after")
+    def _text_keys_for_text(self) -> KerasConfig:
+        for key in ("vocabulary_size", "sequence_length"):
+            if self.name != "imdb" and getattr(self, key) is not None:
+                raise ValueError(f"{key}: only name: imdb is text; {self.name} takes no {key}")
+        return self
+
+    def text_settings(self) -> tuple[int, int]:
+        """Vocabulary size and words per text of name: imdb."""
+        return (
+            self.vocabulary_size or DEFAULT_VOCABULARY,
+            self.sequence_length or DEFAULT_TEXT_LENGTH,
+        )
 
     def kind_and_task(self) -> tuple[InputKind, Task]:
-        return "image", "classification"
+        return ("text" if self.name == "imdb" else "image"), "classification"
+
+
+class TextFolderConfig(_UserFile):
+    """A folder under data/raw/ with one sub-folder of UTF-8 .txt files per class (or train/ and
+    test/, each with the class folders: IMDB's aclImdb layout)."""
+
+    source: Literal["text_folder"]
+    # The class folders to use (null: every sub-folder); aclImdb/train/ also holds unsup/.
+    classes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=2)] | None = None
+    vocabulary_size: VocabularySize = DEFAULT_VOCABULARY
+    sequence_length: TextLength = DEFAULT_TEXT_LENGTH
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_folders(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("names a class folder twice")
+        if value is not None and any("/" in name or name in (".", "..") for name in value):
+            raise ValueError("class folders are names of sub-folders, not paths")
+        return value
+
+    def text_settings(self) -> tuple[int, int]:
+        """Vocabulary size and words per text."""
+        return self.vocabulary_size, self.sequence_length
+
+    def kind_and_task(self) -> tuple[InputKind, Task]:
+        return "text", "classification"
 
 
 Corpus = Literal["python_docs"]
@@ -236,6 +292,7 @@ DatasetConfig = Annotated[
     | ImagesConfig
     | KerasConfig
     | TextConfig
+    | TextFolderConfig
     | TranslationConfig,
     Field(discriminator="source"),
 ]

@@ -16,20 +16,20 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from deepfit.data import sources
+from deepfit.data import folders, sources
 from deepfit.data.config import ImagesConfig
 from deepfit.data.errors import DataError
-from deepfit.data.prepare import Built, holdout, split_indices
+from deepfit.data.prepare import Built
 from deepfit.outputs import one_line
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
+IMAGES = "images (.png .jpg .bmp .gif)"  # what a class folder without images lacks
 PILLOW_MODES = {"grayscale": "L", "rgb": "RGB"}
 # Stored pixels are 0..255; the model's Rescaling layer multiplies by this.
 PIXEL_SCALE = 1.0 / 255.0
@@ -40,23 +40,16 @@ CHUNK = 256
 POOL_AFTER_SECONDS = 0.5
 
 
-@dataclass(frozen=True)
-class Listing:
-    """Image files and their class codes, with the files skipped because they are no images."""
-
-    files: list[Path]
-    labels: np.ndarray
-    skipped: list[Path]
-
-
 def build_images(cfg: ImagesConfig, seed: int, raw_dir: Path, where: str) -> Built:
     """Split a class-folder tree (stratified, or its own train/ and test/), decode into uint8."""
     root = sources.resolve_raw_dir(cfg.path, raw_dir, f"{where}.path")
-    presplit = (root / "train").is_dir() and (root / "test").is_dir()
-    parts = {"train": root / "train", "test": root / "test"} if presplit else {"all": root}
-    classes = class_names(parts, where)
-    listings = {part: list_images(folder, classes, raw_dir) for part, folder in parts.items()}
-    files = split_files(listings, cfg, seed, where)
+    parts = folders.tree_parts(root)
+    classes = folders.class_names(parts, where)
+    listings = {
+        part: folders.list_files(folder, classes, raw_dir, IMAGE_SUFFIXES, IMAGES)
+        for part, folder in parts.items()
+    }
+    files = folders.split_files(listings, cfg.val_fraction, cfg.test_fraction, seed, where)
     # One decode over all splits (one worker pool); each split is then a slice of the result.
     paths = [path for split_paths, _ in files.values() for path in split_paths]
     pixels, modes = decode_images(paths, cfg.image_size, cfg.color_mode)
@@ -65,92 +58,18 @@ def build_images(cfg: ImagesConfig, seed: int, raw_dir: Path, where: str) -> Bui
         split: {"x": pixels[bounds[i] : bounds[i + 1]], "y": labels}
         for i, (split, (_, labels)) in enumerate(files.items())
     }
-    skipped = [str(p.relative_to(root)) for listing in listings.values() for p in listing.skipped]
+    skipped = folders.skipped_files(listings, root)
     if skipped:
         log.warning("%s: skipped %d files that are not images: %s", root, len(skipped), skipped[:5])
     target = PILLOW_MODES[cfg.color_mode]
     details = {
-        "layout": "train_test_folders" if presplit else "class_folders",
+        "layout": folders.layout(parts),
         "image_modes": dict(sorted(modes.items())),
         "converted": {mode: n for mode, n in sorted(modes.items()) if mode != target},
         "skipped_files": {"count": len(skipped), "first": skipped[:20]},
     }
     scale = {"method": "rescale_in_model", "scale": PIXEL_SCALE}
     return Built(splits, classes, feature_scale=scale, storage="npy", details=details)
-
-
-def class_names(parts: dict[str, Path], where: str) -> list[str]:
-    """Sorted class folder names; every part (train/ and test/) must have the same ones."""
-    found = {part: sorted(_class_folders(folder)) for part, folder in parts.items()}
-    first, names = next(iter(found.items()))
-    for part, other in found.items():
-        if other != names:
-            only = sorted(set(names) ^ set(other))
-            raise DataError(
-                f"{parts[part]}: class folders differ from {parts[first]} ({', '.join(only)})"
-            )
-    folder = next(iter(parts.values()))
-    if len(names) < 2:
-        got = f"found {len(names)}" + (f" ({names[0]})" if names else "")
-        raise DataError(f"{folder}: classification needs at least 2 class folders, {got}")
-    return names
-
-
-def _class_folders(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
-
-
-def list_images(folder: Path, classes: list[str], raw_dir: Path) -> Listing:
-    """Every image file under each class folder (recursively, sorted), refusing symlinks that
-    lead out of the repository; other files are skipped."""
-    root = sources.repo_root(raw_dir)
-    files, labels, skipped = [], [], []
-    for code, name in enumerate(classes):
-        found = 0
-        for path in _walk(folder / name):
-            sources.refuse_outside_repo(path, raw_dir, root)
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(path)
-                labels.append(code)
-                found += 1
-            else:
-                skipped.append(path)
-        if not found:
-            raise DataError(f"{folder / name}: class folder has no images (.png .jpg .bmp .gif)")
-    return Listing(files, np.asarray(labels, dtype=np.int64), skipped)
-
-
-def _walk(folder: Path) -> list[Path]:
-    """Files under ``folder`` in a fixed order; hidden files and folders are not data."""
-    out = []
-    for here, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(Path(here) / n for n in sorted(names) if not n.startswith("."))
-    return out
-
-
-def split_files(
-    listings: dict[str, Listing], cfg: ImagesConfig, seed: int, where: str
-) -> dict[str, tuple[list[Path], np.ndarray]]:
-    """Train/val/test file lists: stratified fractions, or val drawn from a given train/."""
-    if "all" in listings:
-        listing = listings["all"]
-        index = split_indices(
-            len(listing.files), cfg.val_fraction, cfg.test_fraction, seed, listing.labels, where
-        )
-        return {s: _pick(listing, rows) for s, rows in index.items()}
-    train = listings["train"]
-    keep, val = holdout(np.arange(len(train.files)), cfg.val_fraction, seed, train.labels, where)
-    test = listings["test"]
-    return {
-        "train": _pick(train, keep),
-        "val": _pick(train, val),
-        "test": _pick(test, np.arange(len(test.files))),
-    }
-
-
-def _pick(listing: Listing, rows: np.ndarray) -> tuple[list[Path], np.ndarray]:
-    return [listing.files[i] for i in rows], listing.labels[rows]
 
 
 def decode_images(

@@ -1,4 +1,11 @@
-"""Prepared-data files: byte-stable npz, sha256 manifest, atomic directory swap, verified load."""
+"""Prepared-data files: byte-stable npz, sha256 manifest, atomic directory swap, verified load.
+
+Text (one string per sample, an array of ``str``) is stored in the npz without pickles, as two
+plain arrays: ``<key>_utf8``, every text's UTF-8 bytes end to end (uint8), and
+``<key>_offsets``, where text i is ``utf8[offsets[i]:offsets[i + 1]]`` (int64, n + 1 values).
+Loading turns them back into one array of ``str`` (``<key>``). A text dataset's vocabulary is a
+JSON list of words beside the splits (``vocabulary.json``), checked by its sha256 like them.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ from deepfit.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
+VOCABULARY = "vocabulary.json"
+UTF8, OFFSETS = "_utf8", "_offsets"  # suffixes of the two arrays that store one text array
 MANIFEST_FORMAT = 1
 # np.savez stamps each member with the current time; a fixed stamp keeps files byte-identical.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -46,6 +55,41 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, np.asarray(arrays[key]), allow_pickle=False)
 
 
+def is_text(array: np.ndarray) -> bool:
+    """Whether ``array`` holds one string per item (stored as UTF-8 bytes and offsets)."""
+    return array.dtype == object or array.dtype.kind == "U"
+
+
+def pack_texts(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` with each text array replaced by its ``_utf8`` and ``_offsets`` arrays."""
+    packed = {}
+    for key, array in arrays.items():
+        if not is_text(array):
+            packed[key] = array
+            continue
+        encoded = [str(text).encode("utf-8") for text in array]
+        lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+        packed[key + UTF8] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        packed[key + OFFSETS] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return packed
+
+
+def unpack_texts(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` with each ``_utf8``/``_offsets`` pair turned back into an array of ``str``."""
+    out = {}
+    for key, array in arrays.items():
+        if key.endswith(OFFSETS) and key[: -len(OFFSETS)] + UTF8 in arrays:
+            continue
+        if key.endswith(UTF8) and key[: -len(UTF8)] + OFFSETS in arrays:
+            name = key[: -len(UTF8)]
+            data, ends = array.tobytes(), arrays[name + OFFSETS]
+            texts = [data[ends[i] : ends[i + 1]].decode("utf-8") for i in range(len(ends) - 1)]
+            out[name] = np.array(texts, dtype=object)
+        else:
+            out[key] = array
+    return out
+
+
 def write_npy(path: Path, array: np.ndarray) -> None:
     """Write one array as a plain .npy, which ``np.load(path, mmap_mode="r")`` memory-maps."""
     with open(path, "wb") as handle:
@@ -59,7 +103,9 @@ def sha256_file(path: Path) -> str:
 
 
 def array_info(array: np.ndarray) -> dict[str, Any]:
-    """Shape and dtype of an array, as the manifest records them."""
+    """Shape and dtype of an array, as the manifest records them (texts: dtype ``str``)."""
+    if is_text(array):
+        return {"shape": list(array.shape), "dtype": "str", "stored_as": "utf8 bytes + offsets"}
     return {"shape": list(array.shape), "dtype": str(array.dtype)}
 
 
@@ -91,6 +137,8 @@ def load_prepared(directory: Path) -> Prepared:
             input_scale=input_scale(manifest),
             input_vocab=_input_vocab(manifest),
             target_length=(manifest.get("details") or {}).get("target_length"),
+            vocabulary=_vocabulary(directory, manifest),
+            sequence_length=(manifest.get("details") or {}).get("sequence_length"),
         )
     except (KeyError, TypeError) as exc:
         raise DataError(
@@ -119,6 +167,15 @@ def _input_vocab(manifest: Mapping[str, Any]) -> int | None:
     return len(source) if source is not None else None
 
 
+def _vocabulary(directory: Path, manifest: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """A text dataset's words, checked against the manifest's sha256; None for other data."""
+    entry = manifest.get("vocabulary")
+    if entry is None:
+        return None
+    path = _verified(directory, entry)
+    return tuple(json.loads(path.read_text(encoding="utf-8")))
+
+
 def check_batch_size(data: Prepared, batch_size: int, key: str) -> None:
     """DataError naming ``key`` when one batch would hold more than the whole training split."""
     samples = len(data.train[0])
@@ -137,7 +194,7 @@ def _load_split(directory: Path, info: Mapping[str, Any]) -> dict[str, np.ndarra
     else:
         path = _verified(directory, info)
         with np.load(path, allow_pickle=False) as archive:
-            data = {key: archive[key] for key in archive.files}
+            data = unpack_texts({key: archive[key] for key in archive.files})
         where = path
     for key in ("x", "y"):
         if key not in data:

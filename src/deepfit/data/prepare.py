@@ -21,6 +21,7 @@ from deepfit.data.config import (
     NpzConfig,
     SunspotsConfig,
     TextConfig,
+    TextFolderConfig,
     TranslationConfig,
 )
 from deepfit.data.errors import DataError
@@ -28,7 +29,9 @@ from deepfit.data.io import (
     MANIFEST,
     MANIFEST_FORMAT,
     SPLITS,
+    VOCABULARY,
     array_info,
+    pack_texts,
     sha256_file,
     write_npy,
     write_npz,
@@ -53,6 +56,8 @@ class Built:
     # "npz": one archive per split, loaded whole; "npy": one .npy per array, x memory-mapped.
     storage: str = "npz"
     details: dict[str, Any] | None = None  # source-specific facts for the manifest
+    # A text dataset's words, fitted on the training split (written to vocabulary.json).
+    vocabulary: list[str] | None = None
 
 
 def prepare_dataset(
@@ -71,6 +76,14 @@ def prepare_dataset(
     with atomic_dir(out_dir) as staging:
         splits = {split: _write_split(staging, split, built) for split in SPLITS}
         manifest = _manifest(name, cfg, seed, built, splits)
+        if built.vocabulary is not None:
+            path = write_json(staging / VOCABULARY, built.vocabulary)
+            sha = sha256_file(path)
+            manifest["vocabulary"] = {
+                "file": VOCABULARY,
+                "sha256": sha,
+                "words": len(built.vocabulary),
+            }
         write_json(staging / MANIFEST, manifest)
     log.info("%s: %s", where, ", ".join(f"{s} {splits[s]['samples']}" for s in SPLITS))
     return manifest
@@ -107,7 +120,7 @@ def _write_split(staging: Path, split: str, built: Built) -> dict[str, Any]:
         info.update(format="npy", files=files)
     else:
         path = staging / f"{split}.npz"
-        write_npz(path, arrays)
+        write_npz(path, pack_texts(arrays))
         info.update(file=path.name, sha256=sha256_file(path))
     info["arrays"] = {key: array_info(arrays[key]) for key in sorted(arrays)}
     return info
@@ -349,12 +362,13 @@ def build_images(cfg: ImagesConfig, seed: int, raw_dir: Path, where: str) -> Bui
 
 
 def build_keras(cfg: KerasConfig, seed: int, raw_dir: Path, where: str) -> Built:
+    if cfg.name == "imdb":
+        from deepfit.data import text_folder  # imports this module
+
+        return text_folder.build_imdb(cfg, seed, where)
     (x_pool, y_pool), (x_test, y_test) = sources.load_keras(cfg.name, f"{where}.name")
     y_pool, y_test = y_pool.reshape(-1).astype(np.int64), y_test.reshape(-1).astype(np.int64)
-    index = np.arange(len(y_pool))
-    if cfg.limit is not None and cfg.limit < len(index):
-        _, index = holdout(index, cfg.limit, seed, y_pool, where)
-    train, val = holdout(index, cfg.val_fraction, seed, y_pool[index], where)
+    train, val = keras_rows(y_pool, cfg, seed, where)
     # Pixels are 0..255 by definition, so the scale is fixed rather than fitted.
     scale = {"method": "divide", "value": 255.0}
     splits = {
@@ -363,6 +377,17 @@ def build_keras(cfg: KerasConfig, seed: int, raw_dir: Path, where: str) -> Built
         "test": {"x": _keras_images(x_test), "y": y_test},
     }
     return Built(splits, list(sources.KERAS_CLASSES[cfg.name]), feature_scale=scale)
+
+
+def keras_rows(
+    y_pool: np.ndarray, cfg: KerasConfig, seed: int, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and val rows of a Keras training set: at most ``limit`` of them (stratified), and
+    ``val_fraction`` of those held out for validation."""
+    index = np.arange(len(y_pool))
+    if cfg.limit is not None and cfg.limit < len(index):
+        _, index = holdout(index, cfg.limit, seed, y_pool, where)
+    return holdout(index, cfg.val_fraction, seed, y_pool[index], where)
 
 
 def _keras_images(x: np.ndarray) -> np.ndarray:
@@ -374,6 +399,12 @@ def build_text(cfg: TextConfig, seed: int, raw_dir: Path, where: str) -> Built:
     from deepfit.data import text  # imports this module
 
     return text.build_text(cfg, seed, raw_dir, where)
+
+
+def build_text_folder(cfg: TextFolderConfig, seed: int, raw_dir: Path, where: str) -> Built:
+    from deepfit.data import text_folder  # imports this module
+
+    return text_folder.build_text_folder(cfg, seed, raw_dir, where)
 
 
 def build_translation(cfg: TranslationConfig, seed: int, raw_dir: Path, where: str) -> Built:
@@ -391,5 +422,6 @@ BUILDERS: dict[str, Callable[[Any, int, Path, str], Built]] = {
     "images": build_images,
     "keras": build_keras,
     "text": build_text,
+    "text_folder": build_text_folder,
     "translation": build_translation,
 }

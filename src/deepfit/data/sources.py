@@ -10,6 +10,7 @@ import logging
 import os
 import urllib.error
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ KERAS_CLASSES = {
     "mnist": [str(d) for d in range(10)],
     "fashion_mnist": FASHION_MNIST_CLASSES,
     "cifar10": CIFAR10_CLASSES,
+    "imdb": ["neg", "pos"],  # aclImdb's folder names
 }
 
 
@@ -160,13 +162,41 @@ def targets_for_task(y: np.ndarray, task: str, file: Path) -> np.ndarray:
 
 
 def load_keras(
-    name: str, key: str = "name"
+    name: str, key: str = "name", **options: Any
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """``keras.datasets.<name>.load_data()``; fails in one line when offline and not cached."""
+    """``keras.datasets.<name>.load_data(**options)``; fails in one line when offline and not
+    cached."""
     import keras  # only this source needs TensorFlow
 
+    return _from_keras_cache(lambda: getattr(keras.datasets, name).load_data(**options), name, key)
+
+
+def load_imdb(
+    key: str = "name",
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """keras.datasets.imdb as text: every review's word ids turned back into its words with
+    ``imdb.get_word_index()`` (Keras stores them lower-cased, without punctuation), joined by
+    spaces; labels 0 (negative) and 1 (positive). Ids the index does not know are dropped."""
+    import keras
+
+    # No start or unknown markers and no id shift: the stored ids are the word index's own.
+    everything = {"start_char": None, "oov_char": None, "index_from": 0, "num_words": 2**62}
+    (x_train, y_train), (x_test, y_test) = load_keras("imdb", key, **everything)
+    index = _from_keras_cache(keras.datasets.imdb.get_word_index, "imdb", key)
+    words = {int(i): word for word, i in index.items()}
+
+    def texts(reviews: np.ndarray) -> np.ndarray:
+        decoded = [" ".join(words[i] for i in ids if i in words) for ids in reviews]
+        return np.array(decoded, dtype=object)
+
+    labels = (np.asarray(y).reshape(-1).astype(np.int64) for y in (y_train, y_test))
+    return (texts(x_train), next(labels)), (texts(x_test), next(labels))
+
+
+def _from_keras_cache(load: Callable[[], Any], name: str, key: str) -> Any:
+    """``load()``, a keras.datasets call; its failures as one-line DataErrors naming ``key``."""
     try:
-        return getattr(keras.datasets, name).load_data()
+        return load()
     except Exception as exc:  # Keras wraps download failures in a bare Exception
         if _is_download_failure(exc):
             raise DataError(

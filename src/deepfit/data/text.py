@@ -83,6 +83,12 @@ def read_utf8(file: Path) -> str:
     data = file.read_bytes()
     if not data:
         raise DataError(f"{file}: the file is empty; a text corpus needs characters")
+    return decode_utf8(data, file)
+
+
+def decode_utf8(data: bytes, file: Path) -> str:
+    """``data`` (the bytes of ``file``) as text; DataError naming the file and the byte offset
+    of the first byte that is not UTF-8."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
