@@ -22,15 +22,21 @@ SHAPES = {
     "vector": (5,),
     "tokens": (6,),
     "translation": (5,),
+    "text": (),  # one raw string per sample
 }
 N_OUTPUTS = {"classification": 3, "regression": 2}
 N_SAMPLES = 32
 # Token kinds: a vocabulary of this many ids; a translation's source vocabulary and length.
 VOCAB, SOURCE_VOCAB, TARGET_LENGTH = 7, 9, 4
 TOKEN_KINDS = ("tokens", "translation")
+# Texts: the vocabulary the model's TextVectorization layer is built from, words per text.
+WORDS, TEXT_LENGTH = ("good", "bad", "film"), 4
+CLASSIFY_ONLY = (*TOKEN_KINDS, "text")  # ids predict ids; texts are classified
 
 
 def data_spec(kind: str, task: str) -> DataSpec:
+    if kind == "text":
+        return DataSpec((), "text", task, 3, vocabulary=WORDS, sequence_length=TEXT_LENGTH)
     if kind in TOKEN_KINDS:
         extra = {"input_vocab": SOURCE_VOCAB, "target_length": TARGET_LENGTH}
         return DataSpec(SHAPES[kind], kind, task, VOCAB, **(extra if kind == "translation" else {}))
@@ -49,8 +55,12 @@ def expected_output_shape(spec: DataSpec) -> tuple[int | None, ...]:
 
 def synthetic(spec: DataSpec, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Inputs in [0, 1) (as prepared images are) and targets matching the task; token ids for
-    token kinds."""
+    token kinds; strings of known and unknown words (some empty) for texts."""
     rng = np.random.default_rng(seed)
+    if spec.kind == "text":
+        words = [*WORDS, "unseen"]
+        texts = [" ".join(rng.choice(words, rng.integers(0, 7))) for _ in range(N_SAMPLES)]
+        return np.array(texts, dtype=object), rng.integers(0, spec.n_outputs, N_SAMPLES)
     if spec.kind in TOKEN_KINDS:
         x = rng.integers(0, spec.input_vocab or spec.n_outputs, (N_SAMPLES, *spec.input_shape))
         y_length = spec.target_length or spec.input_shape[0]
@@ -67,15 +77,15 @@ def all_cases() -> list[tuple[str, str, str]]:
         for name, spec in REGISTRY.items()
         for kind in sorted(spec.input_kinds)
         for task in sorted(spec.tasks)
-        if kind not in TOKEN_KINDS or task == "classification"  # ids predict ids
+        if kind not in CLASSIFY_ONLY or task == "classification"
     ]
 
 
 def train_cases() -> list[tuple[str, str, str]]:
-    """Every (model, input kind) once; images and tokens classify, other kinds regress, to cover
-    both."""
+    """Every (model, input kind) once; images, tokens and texts classify, other kinds regress, to
+    cover both."""
     return [
-        (name, kind, "classification" if kind in ("image", *TOKEN_KINDS) else "regression")
+        (name, kind, "classification" if kind in ("image", *CLASSIFY_ONLY) else "regression")
         for name, spec in REGISTRY.items()
         for kind in sorted(spec.input_kinds)
     ]

@@ -32,13 +32,16 @@ Cell = Literal["SimpleRNN", "LSTM"]
 
 def input_layers(data: DataSpec) -> tuple[Any, Any]:
     """The model's input, and the tensor the first layer reads: raw uint8 pixels are rescaled
-    inside the model (``data.input_scale``), so the saved model takes the user's pixel values."""
+    inside the model (``data.input_scale``), so the saved model takes the user's pixel values;
+    a text is one raw string (``text_vectorizer`` reads it)."""
     import keras
     from keras import layers
 
     if data.kind == "tokens":
         # Any length: the model is trained on windows and samples text from shorter prompts.
         inputs = keras.Input(shape=(None,), dtype="int32", name="inputs")
+    elif data.kind == "text":
+        inputs = keras.Input(shape=(), dtype="string", name="inputs")
     else:
         inputs = keras.Input(shape=data.input_shape, name="inputs")
     if data.input_scale is None:
@@ -51,6 +54,20 @@ def token_embedding(x: Any, data: DataSpec, dim: int) -> Any:
     from keras import layers
 
     return layers.Embedding(data.n_outputs, dim, name="embedding")(x)
+
+
+def text_vectorizer(data: DataSpec, output_mode: Literal["multi_hot", "int"]) -> Any:
+    """Keras' TextVectorization with the dataset's vocabulary (fitted on its training split):
+    raw strings to a multi-hot bag of words (one slot per word, and one shared by unknown
+    words), or to ``data.sequence_length`` word ids (0 pads, 1 is an unknown word)."""
+    from keras import layers
+
+    if data.vocabulary is None:
+        raise ValueError("a text model needs the dataset's vocabulary (vocabulary.json)")
+    options = {"output_sequence_length": data.sequence_length} if output_mode == "int" else {}
+    return layers.TextVectorization(
+        vocabulary=list(data.vocabulary), output_mode=output_mode, name="vectorize", **options
+    )
 
 
 def kernel_regularizer(l2: float) -> keras.regularizers.Regularizer | None:
@@ -142,7 +159,7 @@ class RecurrentConfig(ArchConfig):
     recurrent_dropout: DropoutRate = 0.0  # on the recurrent state, inside each cell
     l2: L2Factor = 0.0  # on input, recurrent and dense kernels
     dense: OptionalWidths = Field([])
-    # Width of the embedding in front of the first layer; used by token inputs (text) only.
+    # Width of the embedding in front of the first layer; used by token ids and texts only.
     embedding: PositiveInt = 32
 
     @model_validator(mode="after")
@@ -154,7 +171,8 @@ class RecurrentConfig(ArchConfig):
 def recurrent_model(cell: Cell, name: str, cfg: RecurrentConfig, data: DataSpec) -> keras.Model:
     """Stacked ``cell`` layers (all but the last return sequences) and a head; images are read
     row by row as time steps. Token ids are embedded and every layer returns sequences: the
-    head predicts the next token at every position (a language model)."""
+    head predicts the next token at every position (a language model). A text is cut into
+    word ids, embedded, and read up to its last word (padding is masked)."""
     import keras
     from keras import layers
 
@@ -165,6 +183,11 @@ def recurrent_model(cell: Cell, name: str, cfg: RecurrentConfig, data: DataSpec)
         x = layers.Reshape((height, width * channels), name="rows_as_steps")(x)
     if data.kind == "tokens":
         x = token_embedding(x, data, cfg.embedding)
+    if data.kind == "text":
+        vectorize = text_vectorizer(data, "int")
+        x = layers.Embedding(
+            vectorize.vocabulary_size(), cfg.embedding, mask_zero=True, name="embedding"
+        )(vectorize(x))
     cell_class = getattr(layers, cell)
     # A language model predicts at every step: no layer collapses the sequence.
     last = len(cfg.units) + (1 if data.kind == "tokens" else 0)

@@ -1,4 +1,4 @@
-"""Feed-forward network (MLP) on flattened inputs."""
+"""Feed-forward network (MLP) on flattened inputs, or on a text's multi-hot bag of words."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from deepfit.models.base import (
     check_per_layer,
     per_layer,
 )
-from deepfit.models.blocks import dense_stack, input_layers, output_head
+from deepfit.models.blocks import dense_stack, input_layers, output_head, text_vectorizer
 
 if TYPE_CHECKING:
     import keras
@@ -39,12 +39,16 @@ class FNNConfig(ArchConfig):
 
 
 def build(cfg: FNNConfig, data: DataSpec) -> keras.Model:
-    """Flatten any input, then the hidden dense stack and the task's output layer."""
+    """Flatten any input (a text: its multi-hot bag of words), then the hidden dense stack and
+    the task's output layer."""
     import keras
     from keras import layers
 
     inputs, x = input_layers(data)
-    x = layers.Flatten(name="flatten")(x)
+    if data.kind == "text":
+        x = text_vectorizer(data, "multi_hot")(x)
+    else:
+        x = layers.Flatten(name="flatten")(x)
     x = dense_stack(
         x,
         cfg.units,
@@ -61,7 +65,7 @@ SPEC = ModelSpec(
     name="fnn",
     config=FNNConfig,
     build=build,
-    input_kinds=frozenset({"image", "sequence", "vector"}),
+    input_kinds=frozenset({"image", "sequence", "vector", "text"}),
     tasks=frozenset({"classification", "regression"}),
-    description="Feed-forward network (MLP) on the flattened input",
+    description="Feed-forward network (MLP) on the flattened input; a text as a bag of words",
 )

@@ -1,4 +1,4 @@
-"""Stacked LSTM for sequences (and images read row by row)."""
+"""Stacked LSTM for sequences (and images read row by row), token ids and texts."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ SPEC = ModelSpec(
     name="lstm",
     config=LSTMConfig,
     build=build,
-    input_kinds=frozenset({"sequence", "image", "tokens"}),
+    input_kinds=frozenset({"sequence", "image", "tokens", "text"}),
     tasks=frozenset({"classification", "regression"}),
     description=(
         "Stacked LSTM; images are read row by row as time steps; token ids are embedded "
-        "and the next one predicted at every step (a language model)"
+        "and the next one predicted at every step (a language model); a text is read as "
+        "embedded word ids"
     ),
 )
