@@ -158,6 +158,9 @@ BASELINE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
         "knn": ("standardize", "n_neighbors", "weights"),
         "gbt": ("learning_rate", "max_leaf_nodes", "max_iter"),
     },
+    "text_classification": {
+        "tfidf_logreg": ("ngram_range", "min_df", "max_df", "max_features", "sublinear_tf", "C"),
+    },
     "forecast": {"persistence": (), "seasonal_naive": ("period",), "ar": ("p",)},
     "regression": {
         "constant": (),

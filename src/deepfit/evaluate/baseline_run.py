@@ -28,6 +28,7 @@ PREDICTIONS_FILE = "predictions.npz"
 # Each family's score for choosing the strongest, and which way is better.
 FAMILY_METRIC = {
     "classification": ("accuracy", "higher"),
+    "text_classification": ("accuracy", "higher"),
     "forecast": ("rmse", "lower"),
     "regression": ("mse", "lower"),
     "language_model": ("bpc", "lower"),
@@ -49,13 +50,15 @@ class BaselineOutputs:
 
 
 def family_of(dataset: Any) -> str:
-    """classification, forecast (a windowed series), regression, language_model (a text
-    corpus) or translation: from the dataset's config."""
+    """classification, text_classification (raw texts), forecast (a windowed series),
+    regression, language_model (a text corpus) or translation: from the dataset's config."""
     if dataset.source == "text":
         return "language_model"
     if dataset.source == "translation":
         return "translation"
-    _, task = dataset.kind_and_task()
+    kind, task = dataset.kind_and_task()
+    if kind == "text":
+        return "text_classification"
     if task == "classification":
         return "classification"
     return "forecast" if dataset.source == "sunspots" else "regression"
@@ -97,7 +100,7 @@ def _fit(family: str, baseline: str, grid: dict, data: Prepared, seed: int) -> d
         if grid:
             return fit(data.train, data.val, data.test, vocab, grid)
         return fit(data.train, data.val, data.test, vocab)
-    if family == "classification":
+    if family in ("classification", "text_classification"):
         return fit(data.train, data.val, data.test, grid or {}, seed=seed)
     scale = data.manifest.get("target_scale") or {}
     mean, std = float(scale.get("mean", 0.0)), float(scale.get("std", 1.0))

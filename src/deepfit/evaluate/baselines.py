@@ -45,6 +45,9 @@ AR_GRID: dict[str, list[Any]] = {"p": [1, 2, 3, 4, 6, 8, 10, 12]}
 RIDGE_GRID: dict[str, list[Any]] = {"alpha": [0.01, 0.1, 1.0, 10.0, 100.0]}
 GMM_GRID: dict[str, list[Any]] = {"components": [16, 32], "mixtures": [10, 30]}
 NGRAM_GRID: dict[str, list[Any]] = {"order": [2, 3, 4, 5, 6], "discount": [0.75, 0.9]}
+TFIDF_GRID: dict[str, list[Any]] = {"ngram_range": [[1, 1], [1, 2]], "C": [1.0, 10.0]}
+# Grid keys of tfidf_logreg that set the TF-IDF features; C sets the logistic regression.
+TFIDF_KEYS = ("ngram_range", "min_df", "max_df", "max_features", "sublinear_tf")
 
 
 # --- classification -------------------------------------------------------------------------
@@ -149,20 +152,41 @@ def _classifier(
     seed: int,
     max_train: int | None,
 ) -> dict[str, Any]:
-    """Tune ``make()`` on validation accuracy; ``{"accuracy", "f1_macro", "val_accuracy", ...}``."""
-    from sklearn.metrics import f1_score
-
-    x_train, y_train = _subsample(_flat(train[0]), _y(train[1]), max_train, seed)
-    x_val, y_val = _flat(val[0]), _y(val[1])
+    """Tune ``make()`` (on flattened inputs, behind a scaler when ``standardize``) on
+    validation accuracy; ``{"accuracy", "f1_macro", "val_accuracy", ...}``."""
     allowed = set(make().get_params()) | ({"standardize"} if scalable else set())
 
+    def build(params: dict[str, Any]) -> Any:
+        return _pipeline(make(), params)
+
+    return _tuned_classifier(build, allowed, _flat, train, val, test, grid, seed, max_train)
+
+
+def _tuned_classifier(
+    build: Callable[[dict[str, Any]], Any],
+    allowed: set[str],
+    inputs: Callable[[ArrayLike], Any],
+    train: Split,
+    val: Split,
+    test: Split,
+    grid: Grid,
+    seed: int,
+    max_train: int | None,
+) -> dict[str, Any]:
+    """Fit ``build(params)`` on ``inputs(x)`` of train for every grid combination, keep the best
+    validation accuracy; ``{"accuracy", "f1_macro", "val_accuracy", "params", ...}``."""
+    from sklearn.metrics import f1_score
+
+    x_train, y_train = _subsample(inputs(train[0]), _y(train[1]), max_train, seed)
+    x_val, y_val = inputs(val[0]), _y(val[1])
+
     def score(params: dict[str, Any]) -> tuple[float, Any]:
-        model = _pipeline(make(), params).fit(x_train, y_train)
+        model = build(params).fit(x_train, y_train)
         return float(np.mean(model.predict(x_val) == y_val)), model
 
     params, val_accuracy, model = _select(grid, score, "higher", allowed)
     y_test = _y(test[1])
-    pred = model.predict(_flat(test[0]))
+    pred = model.predict(inputs(test[0]))
     return {
         "accuracy": float(np.mean(pred == y_test)),
         "f1_macro": float(f1_score(y_test, pred, average="macro", zero_division=0)),
@@ -181,6 +205,55 @@ def _pipeline(estimator: Any, params: dict[str, Any]) -> Any:
     estimator.set_params(**rest)
     # The scaler sits in the pipeline so it is fitted on the training split only.
     return make_pipeline(StandardScaler(), estimator) if params.get("standardize") else estimator
+
+
+# --- text classification (raw strings) -------------------------------------------------------
+
+
+def tfidf_logreg(
+    train: Split,
+    val: Split,
+    test: Split,
+    grid: Grid = TFIDF_GRID,
+    *,
+    seed: int,
+    max_train: int | None = None,
+) -> dict[str, Any]:
+    """Logistic regression on TF-IDF features of the raw texts (scikit-learn's word tokens,
+    lower-cased; sublinear term frequencies unless the grid says otherwise), the vocabulary and
+    idf weights fitted on train. Grid keys: ngram_range ([1, 2]: words and word pairs), min_df,
+    max_df, max_features, sublinear_tf, and C. Trains on every text (no subsample) by default:
+    the fit is linear in the number of texts."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    def build(params: dict[str, Any]) -> Any:
+        features = {k: v for k, v in params.items() if k in TFIDF_KEYS}
+        if "ngram_range" in features:
+            features["ngram_range"] = _ngram_range(features["ngram_range"])
+        classifier = {k: v for k, v in params.items() if k not in TFIDF_KEYS}
+        return make_pipeline(
+            TfidfVectorizer(sublinear_tf=True).set_params(**features),
+            LogisticRegression(max_iter=2000, random_state=seed).set_params(**classifier),
+        )
+
+    allowed = {*TFIDF_KEYS, "C"}
+    return _tuned_classifier(build, allowed, _texts, train, val, test, grid, seed, max_train)
+
+
+def _ngram_range(value: Any) -> tuple[int, int]:
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in value)
+        or not 1 <= value[0] <= value[1]
+    ):
+        raise ValueError(
+            f"baseline grid 'ngram_range' values must be [min_n, max_n] with 1 <= min_n <= max_n,"
+            f" got {value!r}"
+        )
+    return int(value[0]), int(value[1])
 
 
 # --- forecasting (windows of one standardised series) ---------------------------------------
@@ -617,6 +690,11 @@ def _positive_int(value: Any, key: str) -> int:
 def _flat(x: ArrayLike) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     return arr.reshape(arr.shape[0], -1)
+
+
+def _texts(x: ArrayLike) -> np.ndarray:
+    """One string per sample, as scikit-learn's text vectorizers read them."""
+    return np.asarray(x, dtype=object).reshape(-1)
 
 
 def _y(y: ArrayLike, dtype: type = np.int64) -> np.ndarray:

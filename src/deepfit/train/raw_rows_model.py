@@ -1,10 +1,11 @@
-"""The MLflow model of a run on a table (models from code): a pandas DataFrame of raw CSV rows
-in, predictions out.
+"""The MLflow model of a run on a table or on texts (models from code): a pandas DataFrame of
+raw CSV rows, or raw texts (one column of any name, a list, a Series), in; predictions out.
 
 MLflow copies this file into the logged model and runs it when the model is loaded, so it
 imports nothing from deepfit. The Keras model it loads (an artifact) holds all fitted
-preprocessing as layers; this wrapper only turns the DataFrame into one tensor per column,
-fills empty numeric cells with the training median and names the outputs.
+preprocessing as layers (a text model its TextVectorization); this wrapper only turns the
+DataFrame into one tensor per column, fills empty numeric cells with the training median and
+names the outputs.
 """
 
 from __future__ import annotations
@@ -32,24 +33,36 @@ class RawRowsModel(PythonModel):
     # No type hints: MLflow would read them as the model's input schema (the signature is set).
     def predict(self, context, model_input, params=None):
         frame = pd.DataFrame(model_input)
-        absent = [c["name"] for c in self.columns if c["name"] not in frame.columns]
+        named = [c["name"] for c in self.columns if c["name"] is not None]
+        absent = [name for name in named if name not in frame.columns]
         if absent:
             raise ValueError(f"missing input columns: {', '.join(absent)}")
+        if not named and frame.shape[1] != 1:
+            raise ValueError(f"expected one column of texts, got {frame.shape[1]} columns")
         inputs = {
-            f"column_{i}": column_input(frame[c["name"]], c) for i, c in enumerate(self.columns)
+            f"column_{i}": column_input(_cells(frame, c), c) for i, c in enumerate(self.columns)
         }
-        out = np.asarray(self.model.predict(inputs, batch_size=1024, verbose=0))
+        # A model of one input takes its tensor (a dict would not match its structure).
+        batch = inputs if len(inputs) > 1 else next(iter(inputs.values()))
+        out = np.asarray(self.model.predict(batch, batch_size=1024, verbose=0))
         return pd.DataFrame(out, columns=self.outputs, index=frame.index)
 
 
+def _cells(frame: pd.DataFrame, column: dict[str, Any]) -> pd.Series:
+    """A table's column by name; the one column of texts whatever its name (``None``)."""
+    return frame[column["name"]] if column["name"] is not None else frame.iloc[:, 0]
+
+
 def column_input(cells: pd.Series, column: dict[str, Any]) -> Any:
-    """One column as the Keras model's input (n, 1): a string tensor for categories (Keras
-    takes no NumPy text arrays), float32 otherwise."""
-    if column["kind"] == "categorical":
+    """One column as the Keras model's input: a string tensor for categories (n, 1) and texts
+    (n,) (Keras takes no NumPy text arrays), float32 (n, 1) otherwise."""
+    if column["kind"] in ("categorical", "text"):
         import tensorflow as tf
 
         text = cells.astype(object).where(cells.notna(), column["fill"]).astype(str)
-        return tf.constant(text.to_numpy(dtype=object)[:, None], dtype=tf.string)
+        strings = text.to_numpy(dtype=object)
+        # A category is one (n, 1) column of a table; a text model reads one string per row.
+        return tf.constant(strings[:, None] if column["kind"] == "categorical" else strings)
     if pd.api.types.is_numeric_dtype(cells) or pd.api.types.is_bool_dtype(cells):
         values = cells.to_numpy(dtype=np.float64, na_value=np.nan)
     else:  # text or objects (JSON from `mlflow models serve`): one cell at a time

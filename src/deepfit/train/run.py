@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The column name of the logged text model's input example (any name, or none, is taken).
+TEXT_COLUMN = "text"
+
 
 @dataclass(frozen=True)
 class TrainOutputs:
@@ -218,6 +221,8 @@ def _log_outputs(
     mlflow.log_artifacts(str(figures_dir), artifact_path="figures/training")
     if "table" in data.manifest:
         _log_table_model(model, data)
+    elif data.spec.kind == "text":
+        _log_text_model(model, data)
     elif data.spec.kind == "tokens":  # character ids: the model's input dtype
         _log_model(model, data.val[0][:5].astype("int32"))
     else:
@@ -358,11 +363,6 @@ def _log_model(
 def _log_table_model(network: keras.Model, data: Prepared) -> None:
     """Log a table run as a pyfunc model that takes raw CSV rows (a DataFrame of the columns):
     the fitted preprocessing as Keras layers in front of ``network``, in a small wrapper."""
-    import tempfile
-    from importlib import metadata
-
-    import mlflow
-
     from deepfit.data.tables import example_frame, raw_input_model, signature
 
     table, manifest = data.manifest["table"], data.manifest
@@ -372,6 +372,35 @@ def _log_table_model(network: keras.Model, data: Prepared) -> None:
         "columns": [{k: c[k] for k in ("name", "kind", "fill")} for c in table["columns"]],
         "outputs": outputs,
     }
+    _log_raw_rows_model(model, config, signature(table, outputs), example_frame(table))
+
+
+def _log_text_model(network: keras.Model, data: Prepared) -> None:
+    """Log a text run as a pyfunc model that takes raw strings (one column of any name, a list,
+    an array or a Series) and returns each class's probability: ``network`` reads them with
+    its own TextVectorization layer (the vocabulary of the training split)."""
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    outputs = data.manifest["class_names"]
+    # An unnamed column: MLflow then takes a list of strings as well as a DataFrame.
+    config = {"columns": [{"name": None, "kind": "text", "fill": ""}], "outputs": outputs}
+    signature = ModelSignature(
+        Schema([ColSpec("string")]), Schema([ColSpec("float", name) for name in outputs])
+    )
+    example = pd.DataFrame({TEXT_COLUMN: [str(text) for text in data.val[0][:5]]})
+    _log_raw_rows_model(network, config, signature, example)
+
+
+def _log_raw_rows_model(model: keras.Model, config: dict, signature: Any, example: Any) -> None:
+    """Log ``model`` (one input ``column_<i>`` per column of ``config``, or a single input)
+    inside the raw_rows_model.py wrapper: a pyfunc model of raw rows in, named outputs out."""
+    import tempfile
+    from importlib import metadata
+
+    import mlflow
+
     names = ("keras", "tensorflow-cpu", "pandas", "numpy")
     pip = [f"{name}=={metadata.version(name)}" for name in names]
     with tempfile.TemporaryDirectory() as tmp:
@@ -382,7 +411,7 @@ def _log_table_model(network: keras.Model, data: Prepared) -> None:
             python_model=str(Path(__file__).with_name("raw_rows_model.py")),
             artifacts={"keras_model": str(path)},
             model_config=config,
-            signature=signature(table, outputs),
-            input_example=example_frame(table),
+            signature=signature,
+            input_example=example,
             pip_requirements=pip,
         )
