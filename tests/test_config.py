@@ -103,8 +103,8 @@ def test_unknown_top_level_key(raw):
         ),
         (
             lambda b: b.update(ranking={"x": {}}),
-            "baselines.ranking: unknown family; allowed: classification, forecast, regression, "
-            "generation, language_model, translation",
+            "baselines.ranking: unknown family; allowed: classification, text_classification, "
+            "forecast, regression, generation, language_model, translation",
         ),
         (
             lambda b: b["forecast"]["persistence"].update(window=[3]),
