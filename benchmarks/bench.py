@@ -18,7 +18,16 @@ same run (bare Keras, then the pipeline, for each seed), because these machines 
     Q4  adding problem: LSTM MSE < 0.01 while SimpleRNN MSE >= 0.1       at the params' length
     Q5  GAN Frechet distance (fixed classifier's features); classes      <= 20; 10 of 10
     M1  MLflow per-epoch logging, share of the `cnn` fit time            <= 1 %
+    D1  `cnn` on a folder of 20,000 32x32 PNGs, train stage / bare Keras  >= 1.0x images/s
+        on image_dataset_from_directory + cache + prefetch (bare_images.py)
     D2  `source: images` prepare, 2,000 32x32 PNGs (benchmarks/images.py) >= 2,000 images/s
+    D3  D1's peak RSS above a tiny folder's (the process overhead)       <= 2x uint8 train split
+                                                                            + model weights
+    D4  CSV of 100,000 rows x 20 mixed columns: `prepare` + `train`       <= 60 s
+        (fnn, 10 epochs)
+    S1  `fnn` fit time logging to `deepfit server --db postgres` / sqlite <= 1.03x
+    S2  4 concurrent writers x 200 epochs to that server                 0 rows lost,
+        (benchmarks/epoch_writer.py)                                     p95 log call <= 50 ms
     S3  `dvc pull` into a fresh clone, then `dvc repro`                  no stage runs
     H1  TPE + median pruning vs random search, fnn on digits, 20 trials,  <= 60 % of the time,
         2 search seeds                                                   best val loss <=
@@ -29,7 +38,9 @@ Each group of targets is one function returning its rows and detail tables, list
 Writes reports/benchmarks.md and reports/benchmarks.json; exit status 0 when every target is
 met. Usage: `make bench`, or `.venv/bin/python benchmarks/bench.py [--repeats 3] [--keep]`.
 Not part of the test suite: it measures, and takes about half an hour (H1-H3: about 12 minutes;
-`--only H1,H2` runs just those groups).
+`--only H1,H2` runs just those groups). D1, D3, D4, S1, S2 work in their own copies and take
+``--images``, ``--table-rows``, ``--log-epochs`` and ``--max-epochs`` to check them at a small size
+(`--only D1,D4,S1 --repeats 1 --images 500 --table-rows 2000 --log-epochs 20 --max-epochs 2`).
 """
 
 from __future__ import annotations
@@ -46,7 +57,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,8 +96,13 @@ def env(repo: Path) -> dict[str, str]:
     return clean
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, cwd=cwd, env=env(cwd), capture_output=True, text=True)
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``cmd`` in ``cwd`` with the stages' environment (plus ``extra`` variables)."""
+    done = subprocess.run(
+        cmd, cwd=cwd, env={**env(cwd), **(extra or {})}, capture_output=True, text=True
+    )
     if check and done.returncode != 0:
         tail = (done.stdout[-2000:] + done.stderr[-3000:]).strip()
         raise RuntimeError(f"`{' '.join(cmd)}` failed in {cwd} (exit {done.returncode}):\n{tail}")
@@ -293,6 +310,17 @@ Rows = list[dict[str, Any]]
 Details = dict[str, str]
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes of the data-scale rows (D1, D3, D4, S1, S2): the targets' sizes by default;
+    smaller ones only to check that the rows run (their reports then say the smaller size)."""
+
+    images: int = 20_000  # D1, D3: PNGs in the generated folder
+    table_rows: int = 100_000  # D4
+    log_epochs: int = 200  # S2: epochs each concurrent writer logs
+    max_epochs: int | None = None  # caps the training epochs of D1, D3, D4 and S1
+
+
 @dataclass
 class Bench:
     """What the groups share: the options, the temporary folder, and the seeds loop's results
@@ -302,6 +330,7 @@ class Bench:
     repeats: int
     cold_repeats: int
     seeds: list[int]
+    sizes: Sizes = field(default_factory=Sizes)
     _seed_runs: dict[str, Rows] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -803,19 +832,27 @@ def search_rows(bench: Bench) -> tuple[Rows, Details]:
     return rows, {"H1: each search (wall time of `deepfit tune`, start-up included)": table}
 
 
+@contextmanager
+def team_server(repo: Path, work: Path) -> Iterator[dict[str, Any]]:
+    """`deepfit server --db postgres --detach` of ``repo`` (below ``work``) on a free loopback
+    port: its state file while it runs; always stopped (by its PIDs) on the way out."""
+    from deepfit.server import free_port
+
+    for folder in (repo.parent, *repo.parent.parents):  # mkdtemp's 0700: PostgreSQL's own
+        folder.chmod(0o755)  # user runs the cluster below the copy and must reach it
+        if folder == work:
+            break
+    run(["deepfit", "server", "--db", "postgres", "--port", str(free_port()), "--detach"], repo)
+    try:
+        yield json.loads((repo / ".dvc/tmp/deepfit/server.json").read_text())
+    finally:
+        run(["deepfit", "server", "stop"], repo, check=False)
+
+
 def h3_row(repo: Path) -> dict[str, Any]:
     """H3: a study in the ``optuna`` database of `deepfit server --db postgres`; a second worker
     joins it and is killed (kill -9) in the middle of a trial; the first finishes the budget."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    for folder in (repo.parent.parent, repo.parent):  # mkdtemp's 0700: PostgreSQL's own user
-        folder.chmod(0o755)  # runs the cluster below the copy and must reach it
-    run(["deepfit", "server", "--db", "postgres", "--port", str(port), "--detach"], repo)
-    try:
-        state = json.loads((repo / ".dvc/tmp/deepfit/server.json").read_text())
+    with team_server(repo, repo.parent.parent) as state:
         os.environ["PGPASSFILE"] = str(repo / ".dvc/tmp/deepfit/pgpass")  # for this process
         environ = {**env(repo), "MLFLOW_TRACKING_URI": state["url"]}
         cmd = ["deepfit", "tune", "h3", "--storage", state["studies"]]
@@ -837,8 +874,6 @@ def h3_row(repo: Path) -> dict[str, Any]:
         if first.wait(timeout=900) != 0:
             raise RuntimeError("H3: the first worker failed")
         trials = _wait_trials(state["studies"], lambda ts: True)
-    finally:
-        run(["deepfit", "server", "stop"], repo, check=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     stuck = [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
@@ -903,6 +938,306 @@ def worker_rows(bench: Bench) -> tuple[Rows, Details]:
     return rows, {}
 
 
+# --- data at scale and the team server: D1, D3, D4, S1, S2 --------------------------------------
+
+# D1/D3: epochs of each training (the first is excluded from the throughput: tracing, caching);
+# PNGs of the tiny folder whose training's peak RSS is the process overhead (Python, TF, Keras).
+FOLDER_EPOCHS = 4
+OVERHEAD_IMAGES = 200
+EPOCH_LINE = re.compile(r"^Epoch (\d+)/\d+: ([\d.]+) s", re.MULTILINE)
+# Runs a command as its only child and prints the child's peak RSS (KiB) as its last line.
+PEAK_RSS = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+)
+
+
+def bench_params(repo: Path, datasets: dict[str, Any], runs: dict[str, tuple[str, dict]]) -> None:
+    """Add ``datasets`` and runs (``name: (base run, overrides)``) to the copy's params.yaml."""
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["datasets"].update(datasets)
+    for name, (base, overrides) in runs.items():
+        block = {**raw["runs"][base], **overrides}
+        block["train"] = {**raw["runs"][base].get("train", {}), **overrides.get("train", {})}
+        raw["runs"][name] = block
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def epochs_of(bench: Bench, epochs: int) -> dict[str, Any]:
+    """A run's ``train`` overrides: ``epochs`` (or the --max-epochs cap), no early stopping."""
+    cap = bench.sizes.max_epochs
+    return {"epochs": min(epochs, cap) if cap else epochs, "early_stopping": {"enabled": False}}
+
+
+def train_stage(repo: Path, name: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """`python -m deepfit.stages.train --run name` as its own process: run.json, the wall time,
+    each epoch's seconds (deepfit's progress lines) and the stage's peak RSS in bytes."""
+    cmd = [sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "deepfit.stages.train"]
+    started = time.perf_counter()
+    done = run([*cmd, "--run", name], repo, extra=extra)
+    wall = time.perf_counter() - started
+    summary = json.loads((repo / "models" / name / "run.json").read_text())
+    epochs = [float(s) for _, s in EPOCH_LINE.findall(done.stdout)]
+    peak = int(done.stdout.splitlines()[-1]) * 1024
+    return {"summary": summary, "wall": wall, "epoch_seconds": epochs, "peak_rss": peak}
+
+
+def train_split(repo: Path, dataset: str) -> Any:
+    """The prepared training inputs of ``dataset`` (memory-mapped when stored as .npy)."""
+    from deepfit.data import load_prepared
+
+    return load_prepared(repo / "data" / "prepared" / dataset).train[0]
+
+
+def steady_rate(samples: int, epoch_seconds: list[float]) -> float:
+    """Training samples per second over every epoch but the first (tracing, the input cache)."""
+    if len(epoch_seconds) < 2:
+        raise ValueError("the steady-state rate needs at least 2 epochs")
+    return samples * (len(epoch_seconds) - 1) / sum(epoch_seconds[1:])
+
+
+def folder_repo(bench: Bench) -> Path:
+    """A copy with a generated folder of ``sizes.images`` PNGs (dataset ``pics``, run ``d1``)
+    and a tiny one (``pics_tiny``, ``d1_tiny``), both prepared by the `prepare` stage."""
+    from images import make_folder
+
+    (bench.work / "d1").mkdir()
+    repo = copy_repo(bench.work / "d1" / "repo")
+    train = {"train": epochs_of(bench, FOLDER_EPOCHS)}
+    datasets, runs = {}, {}
+    for name, count in (("pics", bench.sizes.images), ("pics_tiny", OVERHEAD_IMAGES)):
+        make_folder(repo / "data" / "raw" / name, count)
+        datasets[name] = {"source": "images", "path": name, "image_size": [32, 32]}
+        runs[name.replace("pics", "d1")] = ("cnn", {"dataset": name, **train})
+    bench_params(repo, datasets, runs)
+    for name in datasets:
+        run([sys.executable, "-m", "deepfit.stages.prepare", "--dataset", name], repo)
+    return repo
+
+
+def folder_rows(bench: Bench) -> tuple[Rows, Details]:
+    """D1: `cnn` on a generated image folder, the train stage / a bare Keras script on
+    `image_dataset_from_directory` (benchmarks/bare_images.py), interleaved; D3: peak memory."""
+    repo = folder_repo(bench)
+    ratios, lines, peaks = [], [], []
+    for i in range(bench.repeats):
+        print(f"  D1 {i + 1}/{bench.repeats}: bare Keras, then train@d1", flush=True)
+        bare_cmd = [sys.executable, str(BENCH / "bare_images.py"), "--run", "d1"]
+        bare = json.loads(run(bare_cmd, repo).stdout.splitlines()[-1])
+        ours = train_stage(repo, "d1")
+        samples = len(train_split(repo, "pics"))
+        rates = (
+            steady_rate(samples, ours["epoch_seconds"]),
+            steady_rate(bare["samples"], bare["epoch_seconds"]),
+        )
+        ratios.append(rates[0] / rates[1])
+        peaks.append(ours["peak_rss"])
+        lines.append([i + 1, f"{rates[0]:,.0f}", f"{rates[1]:,.0f}", f"{ratios[-1]:.3f}"])
+        lines[-1] += [f"{ours['summary']['seconds']:.1f} s", f"{bare['seconds']:.1f} s"]
+    d1 = spread(ratios)
+    what = (
+        f"`cnn` on a folder of {bench.sizes.images:,} 32×32 PNGs: training images/s of the train "
+        f"stage / bare Keras on `image_dataset_from_directory` + cache + prefetch "
+        f"(epochs 2-{len(ours['epoch_seconds'])}, validation included)"
+    )
+    table = markdown_table(
+        ["repeat", "pipeline images/s", "bare images/s", "ratio", "pipeline fit", "bare fit"],
+        "lrrrrr",
+        lines,
+    )
+    d3 = memory_row(repo, statistics.median(peaks), ours["summary"])
+    return [row("D1", what, ">= 1.0×", d1, d1["median"] >= 1.0, "×"), d3], {
+        "D1: per repeat (steady-state epochs; fit = all epochs, deepfit's timed part)": table
+    }
+
+
+def memory_row(repo: Path, peak: float, summary: dict[str, Any]) -> dict[str, Any]:
+    """D3: the train stage's peak RSS on the folder minus that on a tiny folder (the process
+    overhead), against 2 × the uint8 training split + the model's float32 weights."""
+    overhead = train_stage(repo, "d1_tiny")["peak_rss"]
+    split = train_split(repo, "pics").nbytes
+    model = 4 * summary["params"]
+    budget = 2 * split + model
+    mib = 2**20
+    value = (
+        f"{(peak - overhead) / mib:.0f} MiB (peak {peak / mib:.0f} − overhead {overhead / mib:.0f}"
+        f" on {OVERHEAD_IMAGES} PNGs) vs 2 × {split / mib:.1f} MiB uint8 train split + "
+        f"{model / mib:.1f} MiB weights = {budget / mib:.0f} MiB"
+    )
+    return row(
+        "D3",
+        "peak RSS of the D1 train stage above the process overhead (median of its repeats)",
+        "<= 2 × uint8 training split + model",
+        value,
+        peak - overhead <= budget,
+        detail={"peak": peak, "overhead": overhead, "split_bytes": split, "model_bytes": model},
+    )
+
+
+TABLE_EPOCHS = 10
+
+
+def make_table(path: Path, rows: int, seed: int = 0) -> None:
+    """A seeded CSV of ``rows`` rows: 12 numeric columns (``n0`` with 0.5 % empty cells), 5
+    categorical ones of 4-16 categories, 3 boolean ones and a 3-class ``label`` that depends on
+    some of them."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    table = {f"n{i}": rng.normal(i, 1 + i / 4, rows).round(4) for i in range(12)}
+    for i, k in enumerate((4, 6, 8, 12, 16)):
+        table[f"c{i}"] = np.array([f"cat{j}" for j in range(k)])[rng.integers(0, k, rows)]
+    for i in range(3):
+        table[f"b{i}"] = rng.random(rows) < 0.3 + 0.2 * i
+    score = table["n1"] - 1 + (table["c0"] == "cat1") - table["b0"] + rng.normal(0, 0.5, rows)
+    frame = pd.DataFrame(table)
+    frame["label"] = np.digitize(score, [-0.5, 0.5])
+    frame.loc[rng.choice(rows, max(1, rows // 200), replace=False), "n0"] = np.nan
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+
+
+def table_rows(bench: Bench) -> tuple[Rows, Details]:
+    """D4: `prepare` then `train` (the `fnn` run's model, 10 epochs) of a generated CSV, each
+    stage a process as `dvc repro` runs it; per repeat, the sum of the two wall times."""
+    (bench.work / "d4").mkdir()
+    repo = copy_repo(bench.work / "d4" / "repo")
+    make_table(repo / "data" / "raw" / "table.csv", bench.sizes.table_rows)
+    dataset = {"source": "csv", "path": "table.csv", "target": "label"}
+    dataset.update(task="classification", missing="impute")
+    runs = {"d4": ("fnn", {"dataset": "table", "train": epochs_of(bench, TABLE_EPOCHS)})}
+    bench_params(repo, {"table": dataset}, runs)
+    totals, lines = [], []
+    for i in range(bench.repeats):
+        print(f"  D4 {i + 1}/{bench.repeats}: prepare@table, train@d4", flush=True)
+        started = time.perf_counter()
+        run([sys.executable, "-m", "deepfit.stages.prepare", "--dataset", "table"], repo)
+        prepare = time.perf_counter() - started
+        trained = train_stage(repo, "d4")
+        totals.append(prepare + trained["wall"])
+        fit = trained["summary"]
+        lines.append([i + 1, f"{prepare:.1f}", f"{trained['wall']:.1f}", f"{fit['seconds']:.1f}"])
+    total = spread(totals)
+    what = (
+        f"`prepare` + `train` (fnn, {fit['epochs']} epochs) of a CSV of "
+        f"{bench.sizes.table_rows:,} rows × 20 mixed columns, `missing: impute`"
+    )
+    table = markdown_table(
+        ["repeat", "prepare s", "train s (process)", "of which fit s"], "lrrr", lines
+    )
+    return [row("D4", what, "<= 60 s", total, total["median"] <= 60, "s")], {
+        "D4: each stage's wall time": table
+    }
+
+
+WRITERS = 4
+
+
+def server_repo(bench: Bench) -> Path:
+    """A copy with digits prepared and the `fnn` run's epochs capped as asked."""
+    (bench.work / "s1").mkdir()
+    repo = copy_repo(bench.work / "s1" / "repo")
+    if bench.sizes.max_epochs:
+        bench_params(repo, {}, {"fnn": ("fnn", {"train": epochs_of(bench, 10**6)})})
+    run([sys.executable, "-m", "deepfit.stages.prepare", "--dataset", "digits"], repo)
+    return repo
+
+
+def server_rows(bench: Bench) -> tuple[Rows, Details]:
+    """S1: the `fnn` train stage logging to `deepfit server --db postgres` vs the sqlite
+    default, interleaved; S2: concurrent writers to that server (benchmarks/epoch_writer.py)."""
+    repo = server_repo(bench)
+    with team_server(repo, bench.work) as state:
+        ratios, lines = [], []
+        for i in range(bench.repeats):
+            print(
+                f"  S1 {i + 1}/{bench.repeats}: train@fnn to sqlite, then to the server", flush=True
+            )
+            local = train_stage(repo, "fnn")["summary"]
+            served = train_stage(repo, "fnn", {"MLFLOW_TRACKING_URI": state["url"]})["summary"]
+            ratios.append(served["seconds"] / local["seconds"])
+            lines.append([i + 1, f"{local['seconds']:.2f}", f"{served['seconds']:.2f}"])
+            lines[-1] += [local["epochs"], f"{served['mlflow_epoch_logging_seconds']:.3f}"]
+        s1 = spread(ratios)
+        s2, detail = writers_row(repo, state["url"], bench.sizes.log_epochs)
+    what = (
+        f"`fnn` fit time ({local['epochs']} epochs) logging to the PostgreSQL-backed "
+        "`deepfit server` / to the sqlite default"
+    )
+    table = markdown_table(
+        ["repeat", "sqlite fit s", "server fit s", "epochs", "server: logging s"], "lrrrr", lines
+    )
+    return [row("S1", what, "<= 1.03×", s1, s1["median"] <= 1.03, "×"), s2], {
+        "S1: fit seconds per repeat": table,
+        "S2: per writer": detail,
+    }
+
+
+def writers_row(repo: Path, url: str, epochs: int) -> tuple[dict[str, Any], str]:
+    """S2: WRITERS processes log ``epochs`` epochs of 4 metrics at once, each call timed; the
+    rows are then read back through `MlflowClient.get_metric_history`."""
+    from mlflow import MlflowClient
+
+    results = run_writers(repo, url, epochs)
+    client = MlflowClient(tracking_uri=url)
+    keys = ("loss", "accuracy", "val_loss", "lr")  # what epoch_writer.py logs
+    found = [sum(len(client.get_metric_history(r["run_id"], k)) for k in keys) for r in results]
+    calls = [c for r in results for c in r["calls"]]
+    p95 = statistics.quantiles(calls, n=20)[-1]
+    expected = WRITERS * epochs * len(keys)
+    lost = expected - sum(found)
+    flush = max(r["flush"] for r in results)
+    value = (
+        f"{lost} rows lost of {expected:,}; p95 {1000 * p95:.2f} ms "
+        f"(max {1000 * max(calls):.1f} ms; final flush up to {flush:.2f} s)"
+    )
+    s2 = row(
+        "S2",
+        f"{WRITERS} concurrent writers × {epochs} epochs × {len(keys)} metrics to the server "
+        "(deepfit's per-epoch callback, asynchronous logging, epochs back to back)",
+        "0 rows lost, p95 log call <= 50 ms",
+        value,
+        lost == 0 and p95 <= 0.05,
+        detail={"expected": expected, "found": found, "p95_seconds": p95, "flush_max": flush},
+    )
+    lines = [
+        [r["name"], n, f"{1000 * statistics.median(r['calls']):.2f}", f"{r['flush']:.2f}"]
+        for r, n in zip(results, found, strict=True)
+    ]
+    return s2, markdown_table(["writer", "rows found", "median call ms", "flush s"], "lrrr", lines)
+
+
+def run_writers(repo: Path, url: str, epochs: int) -> list[dict[str, Any]]:
+    """WRITERS benchmarks/epoch_writer.py processes, released together once all are ready."""
+    folder = repo / "s2"
+    folder.mkdir()
+    environ = {**env(repo), "MLFLOW_TRACKING_URI": url}
+    procs = []
+    for i in range(WRITERS):
+        cmd = [sys.executable, str(BENCH / "epoch_writer.py"), "--name", f"s2-{i}"]
+        cmd += ["--experiment", "s2", "--epochs", str(epochs)]
+        cmd += ["--ready", str(folder / f"ready{i}"), "--go", str(folder / "go")]
+        with open(folder / f"out{i}", "w") as out:  # the child keeps its own handle
+            procs.append(subprocess.Popen(cmd, cwd=repo, env=environ, stdout=out))
+    try:
+        deadline = time.monotonic() + 300
+        while not all((folder / f"ready{i}").exists() for i in range(WRITERS)):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError("S2: a writer did not get ready")
+            time.sleep(0.05)
+        (folder / "go").touch()
+        for i, proc in enumerate(procs):
+            if proc.wait(timeout=600) != 0:
+                raise RuntimeError(f"S2: writer {i} failed")
+    finally:
+        for proc in procs:  # only ours, by their Popen objects
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return [json.loads((folder / f"out{i}").read_text().splitlines()[-1]) for i in range(WRITERS)]
+
+
 @dataclass(frozen=True)
 class Group:
     ids: tuple[str, ...]  # the rows it measures: listed as not measured if it never ran
@@ -923,6 +1258,9 @@ GROUPS = (
     Group(("J1", "J2", "J3", "J4", "J5"), judgment_rows),
     Group(("P6",), flops_rows),
     Group(("D2",), images_rows),
+    Group(("D1", "D3"), folder_rows),  # these three work in their own copies too
+    Group(("D4",), table_rows),
+    Group(("S1", "S2"), server_rows),
     Group(("T1", "T2", "T3"), language_rows),
     Group(("H1",), search_rows),  # these two work in their own copies: they run alone with --only
     Group(("H2", "H3"), worker_rows),
@@ -1065,6 +1403,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_argument(
         "--only", help="comma-separated row ids: run just the groups that measure them (H1,H2)"
     )
+    small = cli.add_argument_group(
+        "sizes of D1, D3, D4, S1, S2 (smaller ones only check that the rows run)"
+    )
+    small.add_argument("--images", type=int, default=Sizes.images, help="D1, D3: PNGs")
+    small.add_argument("--table-rows", type=int, default=Sizes.table_rows, help="D4: CSV rows")
+    small.add_argument("--log-epochs", type=int, default=Sizes.log_epochs, help="S2: per writer")
+    small.add_argument("--max-epochs", type=int, help="cap on the training epochs of D1-D4, S1")
     return cli.parse_args(argv)
 
 
@@ -1079,7 +1424,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only:
             wanted = set(args.only.split(","))
             groups = tuple(g for g in GROUPS if wanted & set(g.ids))
-        rows, details = measure(Bench(work, args.repeats, args.cold_repeats, seeds), groups)
+        sizes = Sizes(args.images, args.table_rows, args.log_epochs, args.max_epochs)
+        bench = Bench(work, args.repeats, args.cold_repeats, seeds, sizes)
+        rows, details = measure(bench, groups)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
