@@ -10,19 +10,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from deepfit.outputs import markdown_table
+from helpers import ROOT
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from bench import (
+    EPOCH_LINE,
     GROUPS,
     Bench,
     Group,
+    Sizes,
+    bench_params,
     complete,
+    epochs_of,
     logging_rows,
+    make_table,
     measure,
     quality_rows,
     row,
     row_order,
+    steady_rate,
     write_report,
 )
 
@@ -116,3 +125,47 @@ def test_report_files(tmp_path: Path) -> None:
     assert "| L1 | `deepfit --help` | <= 0.5 s | 0.4 s (0.3 s–0.5 s, n=3) | met |" in lines
     assert "| M1 | not measured: the benchmark stopped early |  |  | **not met** |" in lines
     assert text.endswith("## P5: stages\n\n| stage | seconds |\n|---|---|\n| prepare | 2.1 |\n")
+
+
+def test_steady_state_rate_leaves_out_the_first_epoch() -> None:
+    # deepfit's progress line (EpochProgress), as the train stage prints it
+    out = "Epoch 1/3: 5.00 s - loss 2.3\nnoise\nEpoch 2/3: 1.00 s - loss 1\nEpoch 3/3: 3.00 s\n"
+    seconds = [float(s) for _, s in EPOCH_LINE.findall(out)]
+    assert seconds == [5.0, 1.0, 3.0]
+    assert steady_rate(100, seconds) == 100 * 2 / 4
+    with pytest.raises(ValueError, match="at least 2 epochs"):
+        steady_rate(100, [5.0])
+
+
+def test_the_data_rows_params_validate(tmp_path: Path) -> None:
+    """D1's image folder and D4's table, declared as bench_params declares them, pass deepfit's
+    own validation; the small-size options cap the epochs and turn early stopping off."""
+    from deepfit.config import load_params
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    bench = Bench(tmp_path, 1, 1, [7], Sizes(max_epochs=2))
+    table = {"source": "csv", "path": "t.csv", "target": "label", "task": "classification"}
+    pics = {"source": "images", "path": "pics", "image_size": [32, 32]}
+    runs = {"d1": ("cnn", {"dataset": "pics", "train": epochs_of(bench, 4)})}
+    runs["d4"] = ("fnn", {"dataset": "table", "train": epochs_of(bench, 10)})
+    bench_params(tmp_path, {"pics": pics, "table": {**table, "missing": "impute"}}, runs)
+    params = load_params(tmp_path / "params.yaml")
+    assert params.run("d1").model == "cnn" and params.run("d1").train.epochs == 2
+    assert params.run("d4").train.epochs == 2
+    assert not params.run("d4").train.early_stopping.enabled
+    assert params.run("cnn").train.epochs == 60  # the base run is untouched
+
+
+def test_d4s_table_has_20_mixed_columns_and_missing_cells(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from deepfit.data.tables import column_kind
+
+    make_table(tmp_path / "t.csv", 400)
+    frame = pd.read_csv(tmp_path / "t.csv")
+    features = frame.drop(columns="label")
+    assert features.shape == (400, 20)
+    kinds = [column_kind(features[c], c, tmp_path / "t.csv") for c in features]
+    assert kinds == ["numeric"] * 12 + ["categorical"] * 5 + ["boolean"] * 3
+    assert frame["n0"].isna().sum() == 2 and features.drop(columns="n0").notna().all().all()
+    assert sorted(frame["label"].unique()) == [0, 1, 2]
