@@ -362,14 +362,7 @@ def linear(
     """Ridge regression on the flattened inputs, ``alpha`` chosen on validation."""
     from sklearn.linear_model import Ridge
 
-    x_train, y_train = _flat(train[0]), _y(train[1], float)
-    inputs = {"val": _flat(val[0]), "test": _flat(test[0])}
-
-    def make(params: dict[str, Any]) -> Callable[[str], np.ndarray]:
-        model = Ridge().set_params(**params).fit(x_train, y_train)
-        return lambda split: model.predict(inputs[split])
-
-    return _tuned_regression(make, val, test, mean, std, grid, set(Ridge().get_params()), "mse")
+    return _flat_regression(Ridge, {}, train, val, test, mean, std, grid)
 
 
 def gbt_regression(
@@ -383,14 +376,30 @@ def gbt_regression(
     """Histogram gradient-boosted regression trees on the flattened inputs, tuned on validation."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
+    return _flat_regression(
+        HistGradientBoostingRegressor, {"random_state": 0}, train, val, test, mean, std, grid
+    )
+
+
+def _flat_regression(
+    estimator: type,
+    fixed: dict[str, Any],
+    train: Split,
+    val: Split,
+    test: Split,
+    mean: float,
+    std: float,
+    grid: Grid,
+) -> dict[str, Any]:
+    """A scikit-learn regressor on the flattened inputs, its ``grid`` tuned on validation MSE."""
     x_train, y_train = _flat(train[0]), _y(train[1], float)
     inputs = {"val": _flat(val[0]), "test": _flat(test[0])}
-    allowed = set(HistGradientBoostingRegressor().get_params())
 
     def make(params: dict[str, Any]) -> Callable[[str], np.ndarray]:
-        model = HistGradientBoostingRegressor(random_state=0, **params).fit(x_train, y_train)
+        model = estimator(**fixed, **params).fit(x_train, y_train)
         return lambda split: model.predict(inputs[split])
 
+    allowed = set(estimator().get_params())
     return _tuned_regression(make, val, test, mean, std, grid, allowed, "mse")
 
 
