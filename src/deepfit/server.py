@@ -37,6 +37,7 @@ PG_USER = "deepfit"
 PG_DATABASE = "mlflow"
 PG_STUDIES = "optuna"  # the searches' Optuna studies (`deepfit tune --storage`): own tables
 PG_OWNER = "postgres"  # initdb refuses root: as root the cluster runs as this user
+POOL_SIZE, POOL_OVERFLOW = 10, 20  # database connections per server worker
 START_TIMEOUT = 120.0  # seconds for `mlflow server` to answer /health (first start makes tables)
 STOP_TIMEOUT = 30.0
 INSTALL_HINT = "install PostgreSQL (apt-get install postgresql, brew install postgresql@15)"
@@ -237,6 +238,11 @@ def _start_mlflow(options: Options, backend: str, artifacts: str, paths: Paths) 
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PGPASSFILE"] = str(paths.pgpass)  # libpq reads the password there
+    # Each server worker answers requests from a thread pool; SQLAlchemy's default of 5 + 10
+    # connections per worker made 4 concurrent writers wait 30 s for one and fail (the S2 row
+    # of `make bench`). 2 workers x 30 stay well under PostgreSQL's 100 connections.
+    env["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"] = str(POOL_SIZE)
+    env["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"] = str(POOL_OVERFLOW)
     with open(paths.mlflow_log, "ab") as out:
         # its own session: the PID is also the process group of its workers, and Ctrl-C in the
         # terminal reaches only deepfit, which stops the group in order

@@ -86,6 +86,15 @@ class MlflowMetrics(keras.callbacks.Callback):
         started = time.perf_counter()
         mlflow.flush_async_logging()
         self.seconds += time.perf_counter() - started
+        # The flush does not raise: values that never reached the store after MLflow's retries
+        # show only in their futures. A fit whose curves are incomplete must not pass as done.
+        for operations in self._queued:
+            for future in getattr(operations, "_operation_futures", None) or []:
+                if future.exception() is not None:
+                    raise TrackingLost(
+                        f"epoch metrics did not reach the MLflow store: {future.exception()}"
+                    )
+        self._queued = []
 
 
 class EpochProgress(keras.callbacks.Callback):
