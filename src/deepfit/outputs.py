@@ -204,3 +204,21 @@ def read_gradients(path: Path) -> list[dict[str, float]]:
         return []
     data = json.loads(Path(path).read_text())
     return [dict(zip(data["layers"], norms, strict=True)) for norms in data["norms"]]
+
+
+@contextmanager
+def file_lock(lock: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the file ``lock`` (made if missing) for the ``with`` block; no
+    lock where the OS has no ``fcntl`` (not POSIX)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepfit.outputs import pid_alive
+from deepfit.outputs import file_lock, pid_alive
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -184,19 +184,9 @@ def _store_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
     path = Path(uri.removeprefix("sqlite:///"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f"{path.name}-lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(path.with_name(f"{path.name}-lock")):
+        yield
 
 
 def connect(experiment: str) -> Any:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepfit import tracking
-from deepfit.outputs import one_line, pid_alive
+from deepfit.outputs import file_lock, one_line, pid_alive
 from deepfit.tune import TuneError
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     quiet_optuna()
     try:
         if url.startswith("sqlite:///"):
-            with _file_lock(_sqlite_path(url)):
+            with file_lock(_lock_path(url)):
                 return _rdb_storage(url)
         try:
             return _rdb_storage(url)
@@ -140,21 +140,10 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         raise TuneError(f"--storage {_hide_password(url)}: {reason[:300]}") from None
 
 
-def _sqlite_path(url: str) -> Path:
-    return Path(url.removeprefix("sqlite:///"))
-
-
-@contextlib.contextmanager
-def _file_lock(db: Path) -> Iterator[None]:
-    """An exclusive lock on ``<db>.lock`` next to a sqlite file, released on exit."""
-    import fcntl
-
-    with open(db.with_name(f"{db.name}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _lock_path(url: str) -> Path:
+    """The lock file beside the sqlite file of ``url``."""
+    db = Path(url.removeprefix("sqlite:///"))
+    return db.with_name(f"{db.name}.lock")
 
 
 def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
@@ -340,7 +329,7 @@ def budget_lock(storage: Any, name: str) -> Iterator[None]:
     """One worker at a time counts the budget and takes the next trial."""
     url = str(storage.url)
     if url.startswith("sqlite:///"):
-        with _file_lock(_sqlite_path(url)):
+        with file_lock(_lock_path(url)):
             yield
     elif url.startswith("postgresql"):
         from sqlalchemy import text
