@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +167,22 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
         str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
         for p in sorted(root.rglob("*"))
     }
+
+
+def prepare_refuses(root: Path, dataset: str, monkeypatch: Any, capsys: Any) -> str:
+    """Run the prepare stage's ``main`` for ``dataset`` in ``root``; it must exit 2 and write
+    nothing. Returns its last stderr line (the one-line error)."""
+    from deepfit.stages import prepare as prepare_stage
+
+    before = snapshot(root)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        prepare_stage.main(["--dataset", dataset])
+    assert stopped.value.code == 2
+    assert snapshot(root) == before
+    assert not (root / "data" / "prepared" / dataset).exists()
+    return capsys.readouterr().err.splitlines()[-1]
 
 
 def make_workdir(directory: Path, raw: dict[str, Any]) -> Path:

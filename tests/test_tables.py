@@ -19,8 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from deepfit.data import DataError, DatasetConfig, load_prepared, prepare_dataset, tables
 from deepfit.evaluate import baselines
-from deepfit.stages import prepare as prepare_stage
-from helpers import make_workdir, run_stage, snapshot
+from helpers import make_workdir, prepare_refuses, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER: TypeAdapter[DatasetConfig] = TypeAdapter(DatasetConfig)
@@ -270,15 +269,8 @@ def test_bad_tables_stop_prepare_in_one_line(tmp_path, monkeypatch, capsys, case
         (root / "data" / "raw" / "t.csv").write_bytes(change)
     else:
         write(root / "data" / "raw", change(mixed_frame()))
-    before = snapshot(root)
-    monkeypatch.chdir(root)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    with pytest.raises(SystemExit) as stopped:
-        prepare_stage.main(["--dataset", "t"])
-    assert stopped.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"deepfit prepare@t: error: {message}"
-    assert snapshot(root) == before
-    assert not (root / "data" / "prepared" / "t").exists()
+    error = prepare_refuses(root, "t", monkeypatch, capsys)
+    assert error == f"deepfit prepare@t: error: {message}"
 
 
 def test_logged_model_takes_raw_rows(tmp_path):

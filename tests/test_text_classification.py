@@ -21,8 +21,7 @@ from deepfit.config import ConfigError, parse_params
 from deepfit.data import DataError, DatasetConfig, load_prepared, prepare_dataset
 from deepfit.data.io import pack_texts, unpack_texts
 from deepfit.evaluate import baselines
-from deepfit.stages import prepare as prepare_stage
-from helpers import error_line, make_workdir, run_stage, snapshot, tiny_params
+from helpers import error_line, make_workdir, prepare_refuses, run_stage, snapshot, tiny_params
 
 ADAPTER: TypeAdapter[DatasetConfig] = TypeAdapter(DatasetConfig)
 SEED = 2024
@@ -369,14 +368,8 @@ def test_bad_text_folders_stop_prepare_in_one_line(
     root = make_workdir(tmp_path / "work", text_params(**dataset))
     # The stage runs in root, so the files it names are relative to it.
     message = make(root / "data" / "raw" / "reviews").replace(f"{root}/", "")
-    before = snapshot(root)
-    monkeypatch.chdir(root)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    with pytest.raises(SystemExit) as stopped:
-        prepare_stage.main(["--dataset", "reviews"])
-    assert stopped.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"deepfit prepare@reviews: error: {message}"
-    assert snapshot(root) == before
+    error = prepare_refuses(root, "reviews", monkeypatch, capsys)
+    assert error == f"deepfit prepare@reviews: error: {message}"
     assert not (root / "data" / "prepared").exists()
 
 
