@@ -101,6 +101,116 @@ def shrunk_params(epochs: int = EPOCHS) -> dict[str, Any]:
     return params
 
 
+# The shared pipeline (conftest's `pipeline` fixture): shrunk_params() with every default run,
+# plus a user's own image folder and CSV table, each with a small network on it.
+CITIES = ["oslo", "paris", "rome"]
+PICS = {"source": "images", "path": "pics", "image_size": [8, 8], "color_mode": "rgb"}
+PIX_EPOCHS = 20  # the image run learns its three brightness classes; early stopping off
+PIPELINE_EXTRA_RUNS = {
+    "pix": {
+        "model": "cnn",
+        "dataset": "pics",
+        "filters": [4],
+        "dense": [8],
+        "dropout": 0.0,
+        "train": {
+            "epochs": PIX_EPOCHS,
+            "batch_size": 8,
+            "optimizer": {"name": "adam", "learning_rate": 1.0e-2},
+            "early_stopping": {"enabled": False},
+        },
+    },
+    "tab": {
+        "model": "fnn",
+        "dataset": "t",
+        "units": [16],
+        "dropout": 0.0,
+        "train": {"batch_size": 16},
+    },
+}
+
+
+def pipeline_params() -> dict[str, Any]:
+    """The shared pipeline's params: shrunk_params() and the runs on the user's own files."""
+    params = shrunk_params()
+    params["datasets"]["pics"] = dict(PICS)
+    params["datasets"]["t"] = {
+        "source": "csv",
+        "path": "t.csv",
+        "target": "label",
+        "task": "classification",
+        "missing": "impute",
+    }
+    params["runs"].update(copy.deepcopy(PIPELINE_EXTRA_RUNS))
+    params["runs"]["lstm_text"]["train"]["sample_every"] = 1  # text samples at every epoch
+    return params
+
+
+def run_epochs(name: str) -> int:
+    """The epochs every run of the shared pipeline trains for."""
+    return PIX_EPOCHS if name == "pix" else EPOCHS
+
+
+def mixed_frame(n: int = 120, seed: int = 0) -> Any:
+    """A table with numeric (int, float), categorical and boolean columns; the label depends on
+    all kinds."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, n),
+            "income": rng.normal(50, 10, n).round(2),
+            "city": rng.choice(CITIES, n),
+            "member": rng.choice([True, False], n),
+        }
+    )
+    frame["label"] = np.where((frame.age > 45) ^ (frame.city == "rome") ^ frame.member, "yes", "no")
+    return frame
+
+
+def add_images(folder: Path, value: int, count: int, start: int = 0) -> None:
+    """``count`` 8x8 RGB PNGs around brightness ``value`` (a class tells itself by it)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value + start)
+    for i in range(start, start + count):
+        pixels = np.clip(rng.normal(value, 10, size=(8, 8, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+
+
+PIXEL_CLASSES = (40, 120, 200)  # brightness of class_0, class_1, class_2 of the image folder
+
+
+def build_pipeline(root: Path) -> dict[str, str]:
+    """A committed copy of the repo where `dvc repro` of pipeline_params() has run, with the
+    user's files in data/raw/ (10 PNGs per class, a 160-row CSV with one empty cell).
+
+    Returns the environment to run git, dvc and stages in there."""
+    root.mkdir(parents=True)
+    copy_repo(root)
+    for c, value in enumerate(PIXEL_CLASSES):
+        add_images(root / "data" / "raw" / "pics" / f"class_{c}", value, 10)
+    frame = mixed_frame(160)
+    frame.loc[4, "income"] = float("nan")  # imputed with the training median
+    frame.to_csv(root / "data" / "raw" / "t.csv", index=False)
+    write_params(root, pipeline_params())
+    env = git_repo(root)
+    sh(["dvc", "repro"], root, env)
+    commit_all(root, env, "dvc.lock and metrics")
+    return env
+
+
+def copy_pipeline(source: Path, dest: Path) -> Path:
+    """A copy of the shared pipeline's repository (git, DVC cache, outputs, MLflow store) for a
+    test that changes it; the shared one stays as built."""
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
+
+
 def write_params(directory: Path, raw: dict[str, Any], name: str = "params.yaml") -> Path:
     path = directory / name
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

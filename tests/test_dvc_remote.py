@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import sh, tiny_repo
+from helpers import copy_pipeline, sh
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +36,12 @@ def _use_remote(root: Path, remote: Path, env: dict[str, str]) -> None:
     sh(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], root, env)
 
 
-def test_pull_into_a_fresh_clone_gives_identical_outputs_and_no_work(tmp_path: Path) -> None:
+def test_pull_into_a_fresh_clone_gives_identical_outputs_and_no_work(
+    pipeline, tmp_path: Path
+) -> None:
     first, remote, second = tmp_path / "first", tmp_path / "remote", tmp_path / "second"
-    env = tiny_repo(first, ["fnn"])
+    env = pipeline[1]
+    copy_pipeline(pipeline[0], first)  # a committed repository whose `dvc repro` has run
     _use_remote(first, remote, env)
     pushed = sh(["dvc", "push"], first, env)
     assert re.search(r"\d+ files? pushed", pushed), pushed

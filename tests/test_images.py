@@ -1,28 +1,23 @@
 """source: images — class folders decoded into uint8, memory-mapped and streamed; raw pixels into
 the models; bad folders refused in one line with nothing written; RGB through the real stages.
 
-The stage helpers below mirror tests/helpers.py on main (make_workdir, run_stage, error_line);
-they move there when this branch meets the test-suite move.
+The RGB run through `dvc repro` is the shared pipeline's `pix` (conftest's `pipeline`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 from pydantic import TypeAdapter, ValidationError
 
 from deepfit.data import DataError, DatasetConfig, load_prepared, prepare_dataset
 from deepfit.data.config import DataSpec
+from helpers import PICS, error_line, make_workdir, run_stage, tiny_params
 
-ROOT = Path(__file__).resolve().parents[1]
 ADAPTER: TypeAdapter[DatasetConfig] = TypeAdapter(DatasetConfig)
 SEED = 2024
 
@@ -287,83 +282,36 @@ def test_gan_trains_on_raw_pixels(tmp_path, raw_dir):
     assert float(keras.ops.max(model.scaled(real))) <= 1.0
 
 
-# --- the real stages on a tiny RGB folder ------------------------------------------------------
-
-
-def stage_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(ROOT / "src")
-    return env
-
-
-def run_stage(cwd: Path, stage: str, *args: str) -> subprocess.CompletedProcess:
-    """Run ``python -m deepfit.stages.<stage> args`` as DVC would."""
-    return subprocess.run(
-        [sys.executable, "-m", f"deepfit.stages.{stage}", *args],
-        cwd=cwd,
-        env=stage_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def make_workdir(directory: Path, runs: dict, datasets: dict) -> Path:
-    """A stage folder: the real params.yaml shrunk to ``runs`` and ``datasets``, data/raw/."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["train"]["epochs"] = 3
-    raw["runs"], raw["studies"] = runs, {}
-    raw["tuning"] = {}  # its base run is gone
-    raw["datasets"] = {"digits": raw["datasets"]["digits"], **datasets}  # the scorer's
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    (directory / "dvc.yaml").write_text("stages: {}\n")
-    (directory / "data" / "raw").mkdir(parents=True, exist_ok=True)
-    return directory
-
-
-PICS = {"source": "images", "path": "pics", "image_size": [8, 8], "color_mode": "rgb"}
-TINY_TRAIN = {"epochs": 20, "batch_size": 8, "optimizer": {"name": "adam", "learning_rate": 1.0e-2}}
+# --- the real stages on a folder of RGB PNGs ------------------------------------------------
 
 
 @pytest.mark.slow
-def test_rgb_folder_through_prepare_train_evaluate(tmp_path):
-    runs = {
-        "pix": {"model": "cnn", "dataset": "pics", "filters": [4], "dense": [8], "dropout": 0.0}
-    }
-    runs["pix"]["train"] = TINY_TRAIN
-    work = make_workdir(tmp_path / "work", runs, {"pics": PICS})
-    image_folder(work / "data" / "raw" / "pics", per_class=12, classes=("a", "b", "c"))
-    steps = [
-        ("prepare", ("--dataset", "pics")),
-        ("baseline", ("--dataset", "pics")),
-        ("train", ("--run", "pix")),
-    ]
-    for stage, args in steps:
-        done = run_stage(work, stage, *args)
-        assert done.returncode == 0, done.stderr[-3000:]
-    done = run_stage(work, "evaluate", "--run", "pix")
-    assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((work / "reports" / "metrics" / "pix.json").read_text())
+def test_rgb_folder_through_prepare_train_evaluate(pipeline):
+    """The shared pipeline's `pix` run: a CNN on a folder of RGB PNGs, through `dvc repro`."""
+    root, _ = pipeline
+    manifest = json.loads((root / "data" / "prepared" / "pics" / "manifest.json").read_text())
+    assert manifest["class_names"] == ["class_0", "class_1", "class_2"]
+    metrics = json.loads((root / "reports" / "metrics" / "pix.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.5  # three brightness classes: far above chance
     import keras
 
-    model = keras.saving.load_model(work / "models" / "pix" / "model.keras")
-    x = np.load(work / "data" / "prepared" / "pics" / "test_x.npy")
+    model = keras.saving.load_model(root / "models" / "pix" / "model.keras")
+    x = np.load(root / "data" / "prepared" / "pics" / "test_x.npy")
+    assert x.dtype == np.uint8 and x.shape[1:] == (8, 8, 3)
     raw_pixels = model.predict(x, verbose=0)  # the saved model takes the files' raw pixels
-    assert np.allclose(raw_pixels.sum(axis=1), 1.0) and x.dtype == np.uint8
+    assert np.allclose(raw_pixels.sum(axis=1), 1.0)
 
 
 def test_prepare_stage_names_a_broken_image_in_one_line(tmp_path):
-    runs = {"pix": {"model": "cnn", "dataset": "pics"}}
-    work = make_workdir(tmp_path / "work", runs, {"pics": PICS})
+    raw = tiny_params({"pix": {"model": "cnn", "dataset": "pics"}})
+    raw["datasets"]["pics"] = dict(PICS)
+    work = make_workdir(tmp_path / "work", raw)
     image_folder(work / "data" / "raw" / "pics", per_class=10)
     (work / "data" / "raw" / "pics" / "cat" / "zero.png").write_bytes(b"")
     done = run_stage(work, "prepare", "--dataset", "pics")
     assert done.returncode == 2
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(
+    line = error_line(done, "prepare@pics")
+    assert line.startswith(
         "deepfit prepare@pics: error: data/raw/pics/cat/zero.png: not a readable image ("
     )
     assert not (work / "data" / "prepared").exists()

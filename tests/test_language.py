@@ -1,5 +1,6 @@
 """Language: the text and translation sources, the n-gram baselines, the language-model and
-translation metrics, bad inputs through the real stages, and tiny real runs (slow)."""
+translation metrics, bad inputs through the real stages, and the shared pipeline's language runs
+(slow)."""
 
 from __future__ import annotations
 
@@ -175,61 +176,30 @@ def test_seq2seq_on_a_dataset_that_is_not_a_translation_is_one_line() -> None:
     )
 
 
-# --- tiny real runs --------------------------------------------------------------------------
+# --- the shared pipeline's language runs (conftest's `pipeline`) ------------------------------
 
 
 @pytest.mark.slow
-def test_char_language_model_trains_evaluates_and_writes_samples(tmp_path: Path) -> None:
-    raw = text_params(sequence_length=16)
-    raw["runs"] = {"lm": {"model": "lstm", "dataset": "corpus", "units": [16], "embedding": 8}}
-    raw["tuning"] = {}  # its base run is gone
-    raw["runs"]["lm"]["train"] = {"epochs": 1, "sample_every": 1, "text_samples": {"length": 8}}
-    root = make_workdir(tmp_path / "work", raw)
-    (root / "data/raw/corpus.txt").write_text(CORPUS)
-    for stage, args in (
-        ("prepare", ("--dataset", "corpus")),
-        ("baseline", ("--dataset", "corpus")),
-        ("train", ("--run", "lm")),
-        ("evaluate", ("--run", "lm")),
-    ):
-        done = run_stage(root, stage, *args)
-        assert done.returncode == 0, done.stderr[-3000:]
-    samples = (root / "reports/samples/lm.txt").read_text()
+def test_char_language_model_trains_evaluates_and_writes_samples(pipeline) -> None:
+    root, _ = pipeline
+    samples = (root / "reports/samples/lstm_text.txt").read_text()
     assert "--- temperature 0.5 ---" in samples and "--- temperature 1 ---" in samples
-    scores = json.loads((root / "reports/metrics/lm.json").read_text())
+    scores = json.loads((root / "reports/metrics/lstm_text.json").read_text())
     assert scores["baseline"]["name"] == "ngram" and scores["test"]["bpc"] > 0
-    assert (root / "reports/figures/lm/training/samples_epoch_0001.txt").is_file()
-    evidence = json.loads((root / "reports/evidence/lm.json").read_text())
+    assert (root / "reports/figures/lstm_text/training/samples_epoch_0001.txt").is_file()
+    evidence = json.loads((root / "reports/evidence/lstm_text.json").read_text())
     assert 0 <= evidence["test"]["gradient_reach"] <= 10
-    assert (root / "reports/plots/lm/eval/gradients_through_time.csv").is_file()
+    assert (root / "reports/plots/lstm_text/eval/gradients_through_time.csv").is_file()
 
 
 @pytest.mark.slow
-def test_seq2seq_trains_and_evaluates_on_a_tiny_translation_task(tmp_path: Path) -> None:
-    raw = tiny_params()
-    raw["datasets"]["numbers"] = {
-        "source": "translation",
-        "max_number": 99,
-        "train_size": 60,
-        "val_size": 20,
-        "test_size": 20,
-    }
-    raw["runs"] = {"s2s": {"model": "seq2seq", "dataset": "numbers", "units": 16}}
-    raw["tuning"] = {}  # its base run is gone
-    raw["runs"]["s2s"]["train"] = {"epochs": 1, "batch_size": 16}
-    root = make_workdir(tmp_path / "work", raw)
-    for stage, args in (
-        ("prepare", ("--dataset", "numbers")),
-        ("baseline", ("--dataset", "numbers")),
-        ("train", ("--run", "s2s")),
-        ("evaluate", ("--run", "s2s")),
-    ):
-        done = run_stage(root, stage, *args)
-        assert done.returncode == 0, done.stderr[-3000:]
-    evidence = json.loads((root / "reports/evidence/s2s.json").read_text())
+def test_seq2seq_trains_and_evaluates_on_a_tiny_translation_task(pipeline) -> None:
+    root, _ = pipeline
+    evidence = json.loads((root / "reports/evidence/seq2seq.json").read_text())
     assert set(evidence["test"]) == {"exact_match", "cer"}
     assert set(evidence["baselines"]) == {"length_mode", "copy"}
-    assert (root / "reports/samples/s2s.txt").read_text().startswith("s2s: not a language model")
+    samples = (root / "reports/samples/seq2seq.txt").read_text()
+    assert samples.startswith("seq2seq: not a language model")
 
 
 def test_max_characters_keeps_the_start_of_the_corpus(tmp_path: Path) -> None:

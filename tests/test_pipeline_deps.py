@@ -1,5 +1,5 @@
-"""What the real DVC makes of the stage graph's deps, in one small committed copy of the repo
-(one run, `rnn_adding`, whose `dvc repro` has run):
+"""What the real DVC makes of the stage graph's deps, in a copy of the shared pipeline (conftest's
+`pipeline`: a committed repository whose `dvc repro` has run):
 
 - every edit of params.yaml is validated, even of a key that no stage depends on: a real
   `dvc repro` fails with the usual one-line error naming the key (the `validate` stage);
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import sh, tiny_repo
+from helpers import copy_pipeline, sh
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +25,9 @@ BASE_RUN = "rnn_adding"
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("deps") / "repo"
-    env = tiny_repo(root, [BASE_RUN])
-    return root, env
+def repo(pipeline, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root, env = pipeline
+    return copy_pipeline(root, tmp_path_factory.mktemp("deps") / "repo"), env
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
-"""End to end: the real `dvc repro` in a temporary copy of the repo on shrunk params.
+"""End to end: the real `dvc repro` of the shared pipeline (conftest's `pipeline`: shrunk params,
+every default run, a user's image folder and CSV table).
 
 Checks the metrics files, DVC's own views and the MLflow store through MLflow's client, that a
-second repro does nothing, and that `dvc exp run -S` reruns only the varied run's stages.
+second repro does nothing, that a new image reruns its chain, and that `dvc exp run -S` reruns only
+the varied run's stages (those last three in a copy).
 """
 
 from __future__ import annotations
@@ -11,18 +13,16 @@ import re
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from helpers import (
-    EPOCHS,
+    PIXEL_CLASSES,
+    add_images,
     commit_all,
-    copy_repo,
-    git_repo,
+    copy_pipeline,
     mlflow_client,
+    run_epochs,
     sh,
-    shrunk_params,
-    write_params,
 )
 
 RUNS = [
@@ -37,6 +37,7 @@ RUNS = [
     "seq2seq",
     "gan",
     "pix",
+    "tab",
 ]
 VERDICTS = {"underfit", "good", "overfit", "diverged"}
 
@@ -44,32 +45,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    repo = tmp_path_factory.mktemp("deepfit") / "repo"
-    repo.mkdir()
-    copy_repo(repo)
-    params = shrunk_params()
-    # A user's own image folder beside the bundled sets, with a small CNN on it.
-    params["datasets"]["pics"] = {"source": "images", "path": "pics", "image_size": [8, 8]}
-    params["runs"]["pix"] = {"model": "cnn", "dataset": "pics", "filters": [4], "dense": [8]}
-    params["runs"]["pix"]["train"] = {"batch_size": 8}
-    for c, value in enumerate((40, 200)):
-        add_images(repo / "data" / "raw" / "pics" / f"class_{c}", value, 10)
-    write_params(repo, params)
-    env = git_repo(repo)
-    env["DEEPFIT_E2E_LOG"] = sh(["dvc", "repro"], repo, env)
-    return repo, env
+def repo(pipeline) -> tuple[Path, dict[str, str]]:
+    """The shared pipeline as built: read only."""
+    return pipeline
 
 
-def add_images(folder: Path, value: int, count: int, start: int = 0) -> None:
-    """``count`` 8x8 RGB PNGs around brightness ``value`` (a class tells itself by it)."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(value + start)
-    for i in range(start, start + count):
-        pixels = np.clip(rng.normal(value, 10, size=(8, 8, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+@pytest.fixture(scope="module")
+def changed(pipeline, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A copy of the shared pipeline, for the tests that run DVC and change it."""
+    root, env = pipeline
+    return copy_pipeline(root, tmp_path_factory.mktemp("e2e") / "repo"), env
 
 
 def _json(root: Path, rel: str) -> dict:
@@ -86,7 +71,7 @@ def test_every_run_has_metrics_with_baselines(repo):
         assert set(metrics) == {"test", "baseline", "fit"}, name
         assert metrics["test"] and metrics["baseline"]["name"], name
         evidence = _json(root, f"reports/evidence/{name}.json")
-        assert evidence["train"]["epochs"] == EPOCHS, name
+        assert evidence["train"]["epochs"] == run_epochs(name), name
         baseline = metrics["baseline"]
         assert evidence["strongest_baseline"] == baseline["name"], name
         found = evidence["baselines"][baseline["name"]]
@@ -127,9 +112,9 @@ def test_mlflow_store_has_one_finished_run_per_run_with_epoch_curves(repo):
         loss = "d_loss" if name == "gan" else "loss"
         for key in (loss, f"val_{loss}"):
             history = client.get_metric_history(run.info.run_id, key)
-            assert [m.step for m in history] == list(range(1, EPOCHS + 1)), (name, key)
+            assert [m.step for m in history] == list(range(1, run_epochs(name) + 1)), (name, key)
             stamps = [m.timestamp for m in history]
-            assert len(set(stamps)) == EPOCHS, (name, key, stamps)  # each epoch its own time
+            assert len(set(stamps)) == len(stamps), (name, key, stamps)  # each its own time
         assert any(k.startswith("test.") for k in run.data.metrics), name
         config = params.run(name)
         test_key, baseline_key, _ = key_metric_names(
@@ -141,7 +126,7 @@ def test_mlflow_store_has_one_finished_run_per_run_with_epoch_curves(repo):
         grads = [k for k in run.data.metrics if k.startswith("grad_norm.")]
         assert grads, name
         steps = [m.step for m in client.get_metric_history(run.info.run_id, grads[0])]
-        assert steps == list(range(1, EPOCHS + 1)), name
+        assert steps == list(range(1, run_epochs(name) + 1)), name
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
         assert "figures/evaluation" in artifacts and "figures/training" in artifacts
     (gan,) = [r for r in runs if r.info.run_name == "gan"]
@@ -166,7 +151,7 @@ def test_every_run_has_a_fit_verdict_with_evidence(repo):
         assert len(info["mlflow"]["run_id"]) == 32 and info["train"]["seconds"] > 0, name
         assert info["mlflow"]["run_name"] == name
         rows = (root / "reports/plots" / name / "gradients/norms.csv").read_text().splitlines()
-        assert rows[0] == "epoch,layer,norm" and len(rows) > EPOCHS, name
+        assert rows[0] == "epoch,layer,norm" and len(rows) > run_epochs(name), name
 
 
 def test_studies_write_tables_figures_and_grouped_runs(repo):
@@ -197,8 +182,8 @@ def test_logged_model_loads_with_pyfunc(repo):
     assert proba.shape == (2, 10)
 
 
-def test_dvc_views_work(repo):
-    root, env = repo
+def test_dvc_views_work(changed):
+    root, env = changed
     metrics = sh(["dvc", "metrics", "show", "--json"], root, env)
     assert "reports/metrics/cnn.json" in metrics
     shown = subprocess.run(
@@ -211,29 +196,29 @@ def test_dvc_views_work(repo):
     assert not plots.get("errors"), plots.get("errors")
 
 
-def test_second_repro_does_nothing(repo):
-    root, env = repo
+def test_second_repro_does_nothing(changed):
+    root, env = changed
     out = sh(["dvc", "repro"], root, env)
     assert "Running stage" not in out
     assert "up to date" in out
 
 
-def test_adding_an_image_reruns_prepare_and_its_downstream(repo):
+def test_adding_an_image_reruns_prepare_and_its_downstream(changed):
     """prepare@<dataset> depends on data/raw/: a new image reruns the pics chain (the other
     prepare stages rerun too, write the same files, and nothing after them reruns)."""
-    root, env = repo
-    add_images(root / "data" / "raw" / "pics" / "class_1", 200, 1, start=10)
+    root, env = changed
+    add_images(root / "data" / "raw" / "pics" / "class_1", PIXEL_CLASSES[1], 1, start=10)
     assert "prepare@pics" in sh(["dvc", "status"], root, env)
     ran = set(re.findall(r"Running stage '([^']+)'", sh(["dvc", "repro"], root, env)))
     assert {"prepare@pics", "baseline@pics", "train@pix", "evaluate@pix", "report"} <= ran
     assert not ran & {"train_scorer", "train@cnn", "baseline@digits", "evaluate@cnn"}
     assert "up to date" in sh(["dvc", "status"], root, env)
     manifest = _json(root, "data/prepared/pics/manifest.json")
-    assert sum(info["samples"] for info in manifest["splits"].values()) == 21
+    assert sum(info["samples"] for info in manifest["splits"].values()) == 31
 
 
-def test_exp_run_reruns_only_the_varied_run(repo):
-    root, env = repo
+def test_exp_run_reruns_only_the_varied_run(changed):
+    root, env = changed
     commit_all(root, env, "lock")
     out = sh(["dvc", "exp", "run", "-S", "runs.cnn.activation=tanh"], root, env)
     ran = sorted(set(re.findall(r"Running stage '([^']+)'", out)))

@@ -2,9 +2,10 @@
 answers raw inputs as in the user's files (digits pixel values, CSV rows with an unseen category,
 uint8 RGB pixels) with the predictions that evaluation scored.
 
-One stage folder, three tiny runs (fnn on digits, on a CSV table, on a PNG folder), trained once;
-the three model servers start together on free loopback ports and are stopped by process group.
-A fast test checks the raw-input front of the logged model (prepare's scaling as a layer) alone.
+A copy of the shared pipeline (conftest's `pipeline`) is promoted; three of its runs are served
+(fnn on digits, tab on the CSV table, pix on the PNG folder), their model servers started together
+on free loopback ports and stopped by process group. A fast test checks the raw-input front of the
+logged model (prepare's scaling as a layer) alone.
 """
 
 from __future__ import annotations
@@ -23,57 +24,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
-from helpers import ROOT, free_port, make_workdir, run_stage, stage_env, tiny_params, tool
+from helpers import ROOT, copy_pipeline, free_port, stage_env, tool
 
-TINY = {"model": "fnn", "units": [16], "dropout": 0.0}
-RUNS = {
-    "fnn": {**TINY, "dataset": "digits"},
-    "tab": {**TINY, "dataset": "t", "train": {"batch_size": 16}},
-    "pix": {**TINY, "dataset": "pics", "train": {"batch_size": 8}},
-}
-DATASETS = {
-    "t": {"source": "csv", "path": "t.csv", "target": "label", "task": "classification"},
-    "pics": {"source": "images", "path": "pics", "image_size": [8, 8], "color_mode": "rgb"},
-}
-CITIES = ["oslo", "paris", "rome"]
-# One grid point of two families: the baselines only need to exist for evaluate and promote.
-BASELINES = {
-    "logreg": {"standardize": [True], "C": [1.0]},
-    "svm": {"standardize": [True], "C": [10.0], "gamma": ["scale"]},
-}
+RUNS = ("fnn", "tab", "pix")
 STARTUP_SECONDS = 120  # `mlflow models serve` imports TensorFlow before /ping answers
 
 
 def _env(root: Path) -> dict[str, str]:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     return stage_env(PYTHONPATH=str(ROOT / "src"), MLFLOW_TRACKING_URI=uri)
-
-
-def _table(n: int = 160, seed: int = 0) -> pd.DataFrame:
-    """Numeric, categorical and boolean columns; the label depends on all three kinds."""
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame(
-        {
-            "age": rng.integers(18, 80, n),
-            "income": rng.normal(50, 10, n).round(2),
-            "city": rng.choice(CITIES, n),
-            "member": rng.choice([True, False], n),
-        }
-    )
-    frame["label"] = np.where((frame.age > 45) ^ (frame.city == "rome") ^ frame.member, "yes", "no")
-    return frame
-
-
-def _images(folder: Path, per_class: int = 12) -> None:
-    rng = np.random.default_rng(0)
-    for c, colour in enumerate(((200, 40, 40), (40, 40, 200))):
-        (folder / f"class_{c}").mkdir(parents=True)
-        for i in range(per_class):
-            noise = rng.normal(0, 20, size=(8, 8, 3))
-            pixels = np.clip(np.asarray(colour) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"class_{c}" / f"{i:02d}.png")
 
 
 @pytest.mark.parametrize(
@@ -115,25 +75,11 @@ def test_promote_help_loads_no_mlflow_or_tensorflow() -> None:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The three runs prepared, baselined, trained, evaluated and promoted."""
-    raw = tiny_params(RUNS, epochs=3)
-    raw["datasets"].update(DATASETS)
-    raw["baselines"]["classification"] = BASELINES
-    root = make_workdir(tmp_path_factory.mktemp("serving") / "work", raw)
-    _table().to_csv(root / "data" / "raw" / "t.csv", index=False)
-    _images(root / "data" / "raw" / "pics")
-    env = _env(root)
-    for dataset in ("digits", "t", "pics"):
-        for stage in ("prepare", "baseline"):
-            done = run_stage(root, stage, "--dataset", dataset, env=env)
-            assert done.returncode == 0, done.stderr[-3000:]
-    for name in RUNS:
-        for stage in ("train", "evaluate"):
-            done = run_stage(root, stage, "--run", name, env=env)
-            assert done.returncode == 0, done.stderr[-3000:]
+def root(pipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared pipeline whose best run of each name is promoted."""
+    root = copy_pipeline(pipeline[0], tmp_path_factory.mktemp("serving") / "repo")
     done = subprocess.run(
-        [tool("deepfit"), "promote"], cwd=root, env=env, capture_output=True, text=True
+        [tool("deepfit"), "promote"], cwd=root, env=_env(root), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return root

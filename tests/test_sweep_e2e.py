@@ -1,8 +1,9 @@
 """End to end: a queued DVC sweep, two experiments at a time, checked through MLflow's client.
 
 In a temporary copy of the repo with a tiny pipeline (fnn and cnn, 2 epochs): `dvc exp run
---queue` over fnn's activation x the shared optimizer (4 experiments) plus one experiment that
-diverges, then `dvc queue start -j 2`. DVC runs each in a copy under .dvc/tmp/exps/; every run
+--queue` over the grid fnn's activation (relu, tanh) x the shared optimizer (sgd), 2 experiments
+that both retrain cnn or restore it from DVC's run cache, plus one experiment that diverges, then
+`dvc queue start -j 2`. DVC runs each in a copy under .dvc/tmp/exps/; every run
 must still land, finished and with one row per epoch, in the repository's own mlflow.db, and
 `deepfit compare` must report them all.
 """
@@ -20,13 +21,13 @@ from helpers import EPOCHS, mlflow_client, sh, tiny_repo, tool
 
 pytestmark = pytest.mark.slow
 
-GRID = {(activation, name) for activation in ("relu", "tanh") for name in ("sgd", "adam")}
-SWEEP = ["-S", "runs.fnn.activation=relu,tanh", "-S", "train.optimizer.name=sgd,adam"]
+GRID = {(activation, name) for activation in ("relu", "tanh") for name in ("sgd",)}
+SWEEP = ["-S", "runs.fnn.activation=relu,tanh", "-S", "train.optimizer.name=sgd"]
 # exponential activation with plain SGD at learning rate 10: the loss is NaN in the first epoch
 DIVERGE = ["-n", "diverge", "-S", "runs.fnn.activation=exponential"]
 DIVERGE += ["-S", "++runs.fnn.train.optimizer.name=sgd"]
 DIVERGE += ["-S", "++runs.fnn.train.optimizer.learning_rate=10"]
-QUEUE_TIMEOUT = 1800  # seconds; 5 tiny experiments take about 3 minutes on 2 busy cores
+QUEUE_TIMEOUT = 1800  # seconds; 3 tiny experiments take about 2 minutes on 2 busy cores
 
 
 def queue_status(root: Path, env: dict) -> dict[str, str]:

@@ -2,7 +2,7 @@
 train, bad input through the real prepare stage, table baselines, and a logged MLflow model that
 takes raw CSV rows (prepare -> train -> evaluate, then ``mlflow.pyfunc.load_model``).
 
-The stage helpers below mirror tests/helpers.py on main (not yet in this branch).
+The logged-model test reads the shared pipeline's `tab` run (conftest's `pipeline`).
 """
 
 from __future__ import annotations
@@ -19,30 +19,14 @@ from pydantic import TypeAdapter, ValidationError
 
 from deepfit.data import DataError, DatasetConfig, load_prepared, prepare_dataset, tables
 from deepfit.evaluate import baselines
-from helpers import make_workdir, prepare_refuses, run_stage
+from helpers import CITIES, make_workdir, mixed_frame, prepare_refuses
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER: TypeAdapter[DatasetConfig] = TypeAdapter(DatasetConfig)
-CITIES = ["oslo", "paris", "rome"]
 
 
 def config(**body: Any) -> DatasetConfig:
     return ADAPTER.validate_python({"source": "csv", "path": "t.csv", **body})
-
-
-def mixed_frame(n: int = 120, seed: int = 0) -> pd.DataFrame:
-    """Numeric (int, float), categorical and boolean columns; the label depends on all kinds."""
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame(
-        {
-            "age": rng.integers(18, 80, n),
-            "income": rng.normal(50, 10, n).round(2),
-            "city": rng.choice(CITIES, n),
-            "member": rng.choice([True, False], n),
-        }
-    )
-    frame["label"] = np.where((frame.age > 45) ^ (frame.city == "rome") ^ frame.member, "yes", "no")
-    return frame
 
 
 def write(raw_dir: Path, frame: pd.DataFrame, name: str = "t.csv") -> Path:
@@ -273,31 +257,20 @@ def test_bad_tables_stop_prepare_in_one_line(tmp_path, monkeypatch, capsys, case
     assert error == f"deepfit prepare@t: error: {message}"
 
 
-def test_logged_model_takes_raw_rows(tmp_path):
-    """prepare -> train -> evaluate on a mixed CSV, then the MLflow model on raw pandas rows."""
+@pytest.mark.slow
+def test_logged_model_takes_raw_rows(pipeline):
+    """The shared pipeline's `tab` run (prepare -> train -> evaluate on a mixed CSV with an empty
+    cell, imputed): its MLflow model on raw pandas rows."""
     import mlflow
 
-    frame = mixed_frame(160)
-    frame.loc[4, "income"] = np.nan  # imputed with the training median
-    raw = tiny_params({**BASE, "missing": "impute"}, epochs=3)
-    root = make_workdir(tmp_path / "work", raw)
-    write(root / "data" / "raw", frame)
-    steps = [
-        ("prepare", "--dataset", "t"),
-        ("baseline", "--dataset", "t"),
-        ("train", "--run", "tab"),
-        ("evaluate", "--run", "tab"),
-    ]
-    for stage, *args in steps:
-        done = run_stage(root, stage, *args)
-        assert done.returncode == 0, done.stderr[-3000:]
-
+    root, _ = pipeline
     data = load_prepared(root / "data" / "prepared" / "t")
     run_id = json.loads((root / "models" / "tab" / "run.json").read_text())["mlflow_run_id"]
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
 
     rows = pd.read_csv(root / "data" / "raw" / "t.csv")
+    assert rows["income"].isna().sum() == 1  # the empty cell that prepare imputed
     test_rows = rows.iloc[data.extras["test"]["row"]].drop(columns="label")
     proba = model.predict(test_rows)
     assert list(proba.columns) == data.manifest["class_names"] == ["no", "yes"]
