@@ -79,6 +79,8 @@ LONGEST_FIRST = (
     "test_text_classification.py",
 )
 SHARED_PIPELINE_LAST = (
+    "test_pipeline_new_image.py",
+    "test_pipeline_changes.py",
     "test_serving.py",
     "test_dvc_remote.py",
     "test_pipeline_deps.py",

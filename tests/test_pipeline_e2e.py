@@ -1,29 +1,20 @@
 """End to end: the real `dvc repro` of the shared pipeline (conftest's `pipeline`: shrunk params,
 every default run, a user's image folder and CSV table).
 
-Checks the metrics files, DVC's own views and the MLflow store through MLflow's client, that a
-second repro does nothing, that a new image reruns its chain, and that `dvc exp run -S` reruns only
-the varied run's stages (those last three in a copy).
+Checks the metrics and evidence files, the studies, and the MLflow store through MLflow's client.
+What DVC does next in that repository (its views, a second repro, a new image, `dvc exp run -S`)
+is in test_pipeline_changes.py, on a copy.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from helpers import (
-    PIXEL_CLASSES,
-    add_images,
-    commit_all,
-    copy_pipeline,
-    mlflow_client,
-    run_epochs,
-    sh,
-)
+from helpers import mlflow_client, run_epochs
 
 RUNS = [
     "fnn",
@@ -48,13 +39,6 @@ pytestmark = pytest.mark.slow
 def repo(pipeline) -> tuple[Path, dict[str, str]]:
     """The shared pipeline as built: read only."""
     return pipeline
-
-
-@pytest.fixture(scope="module")
-def changed(pipeline, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A copy of the shared pipeline, for the tests that run DVC and change it."""
-    root, env = pipeline
-    return copy_pipeline(root, tmp_path_factory.mktemp("e2e") / "repo"), env
 
 
 def _json(root: Path, rel: str) -> dict:
@@ -180,61 +164,3 @@ def test_logged_model_loads_with_pyfunc(repo):
     model = mlflow.pyfunc.load_model(f"runs:/{run.iloc[0].run_id}/model")
     proba = np.asarray(model.predict(np.zeros((2, 8, 8, 1), dtype="float32")))
     assert proba.shape == (2, 10)
-
-
-def test_dvc_views_work(changed):
-    root, env = changed
-    metrics = sh(["dvc", "metrics", "show", "--json"], root, env)
-    assert "reports/metrics/cnn.json" in metrics
-    shown = subprocess.run(
-        ["dvc", "plots", "show", "--json"], cwd=root, env=env, capture_output=True, text=True
-    )
-    plots = json.loads(shown.stdout)  # warnings, if any, go to stderr
-    assert "reports/plots/cnn/curves/loss.csv" in plots["data"]
-    assert "reports/plots/cnn/eval/confusion.csv" in plots["data"]
-    assert "reports/plots/cnn/gradients/norms.csv" in plots["data"]
-    assert not plots.get("errors"), plots.get("errors")
-
-
-def test_second_repro_does_nothing(changed):
-    root, env = changed
-    out = sh(["dvc", "repro"], root, env)
-    assert "Running stage" not in out
-    assert "up to date" in out
-
-
-def test_adding_an_image_reruns_prepare_and_its_downstream(changed):
-    """prepare@<dataset> depends on data/raw/: a new image reruns the pics chain (the other
-    prepare stages rerun too, write the same files, and nothing after them reruns)."""
-    root, env = changed
-    add_images(root / "data" / "raw" / "pics" / "class_1", PIXEL_CLASSES[1], 1, start=10)
-    assert "prepare@pics" in sh(["dvc", "status"], root, env)
-    ran = set(re.findall(r"Running stage '([^']+)'", sh(["dvc", "repro"], root, env)))
-    assert {"prepare@pics", "baseline@pics", "train@pix", "evaluate@pix", "report"} <= ran
-    assert not ran & {"train_scorer", "train@cnn", "baseline@digits", "evaluate@cnn"}
-    assert "up to date" in sh(["dvc", "status"], root, env)
-    manifest = _json(root, "data/prepared/pics/manifest.json")
-    assert sum(info["samples"] for info in manifest["splits"].values()) == 31
-
-
-def test_exp_run_reruns_only_the_varied_run(changed):
-    root, env = changed
-    commit_all(root, env, "lock")
-    out = sh(["dvc", "exp", "run", "-S", "runs.cnn.activation=tanh"], root, env)
-    ran = sorted(set(re.findall(r"Running stage '([^']+)'", out)))
-    # validate reruns on every edit of params.yaml; nothing depends on it
-    assert ran == ["evaluate@cnn", "report", "train@cnn", "validate"]
-    shown = sh(["dvc", "exp", "show", "--json"], root, env)
-    assert "tanh" in shown
-
-    client = mlflow_client(root)
-    experiment = client.get_experiment_by_name("deepfit")
-    varied = client.search_runs(
-        [experiment.experiment_id], filter_string="tags.`deepfit.run` = 'cnn'"
-    )
-    named = [r for r in varied if "dvc_exp_name" in r.data.tags]
-    assert len(named) == 1
-    run = named[0]
-    assert run.info.run_name == f"cnn@{run.data.tags['dvc_exp_name']}"
-    assert run.info.status == "FINISHED"
-    assert run.data.params["arch.activation"] == "tanh"
