@@ -105,6 +105,7 @@ def shrunk_params(epochs: int = EPOCHS) -> dict[str, Any]:
 # plus a user's own image folder and CSV table, each with a small network on it.
 CITIES = ["oslo", "paris", "rome"]
 PICS = {"source": "images", "path": "pics", "image_size": [8, 8], "color_mode": "rgb"}
+PIXEL_CLASSES = (40, 120, 200)  # brightness of class_0, class_1, class_2 of the image folder
 PIX_EPOCHS = 20  # the image run learns its three brightness classes; early stopping off
 PIPELINE_EXTRA_RUNS = {
     "pix": {
@@ -182,14 +183,10 @@ def add_images(folder: Path, value: int, count: int, start: int = 0) -> None:
         Image.fromarray(pixels).save(folder / f"{i:03d}.png")
 
 
-PIXEL_CLASSES = (40, 120, 200)  # brightness of class_0, class_1, class_2 of the image folder
-
-
-def build_pipeline(root: Path) -> dict[str, str]:
+def build_pipeline(root: Path) -> None:
     """A committed copy of the repo where `dvc repro` of pipeline_params() has run, with the
-    user's files in data/raw/ (10 PNGs per class, a 160-row CSV with one empty cell).
-
-    Returns the environment to run git, dvc and stages in there."""
+    user's files in data/raw/ (10 PNGs per class, a 160-row CSV with one empty cell). Git, dvc
+    and stages run in there with ``stage_env(**GIT_IDENTITY)``, what git_repo returns."""
     root.mkdir(parents=True)
     copy_repo(root)
     for c, value in enumerate(PIXEL_CLASSES):
@@ -201,7 +198,6 @@ def build_pipeline(root: Path) -> dict[str, str]:
     env = git_repo(root)
     sh(["dvc", "repro"], root, env)
     commit_all(root, env, "dvc.lock and metrics")
-    return env
 
 
 def copy_pipeline(source: Path, dest: Path) -> Path:

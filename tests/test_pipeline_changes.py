@@ -26,10 +26,6 @@ def changed(pipeline, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
     return copy_pipeline(root, tmp_path_factory.mktemp("changes") / "repo"), env
 
 
-def _json(root: Path, rel: str) -> dict:
-    return json.loads((root / rel).read_text())
-
-
 def test_dvc_views_work(changed):
     root, env = changed
     metrics = sh(["dvc", "metrics", "show", "--json"], root, env)
