@@ -131,9 +131,21 @@ PIPELINE_EXTRA_RUNS = {
 }
 
 
+# Default runs the shared pipeline leaves out, each the twin of one it keeps: the same dataset,
+# stages and code paths, the other recurrent cell (SimpleRNN and LSTM both still run: rnn_adding,
+# lstm, lstm_text, seq2seq). test_models trains and reloads every model on every input kind.
+SHARED_PIPELINE_TWINS = ("rnn", "lstm_adding", "rnn_text")
+# test_studies runs the regularisation study itself, on its own digits
+SHARED_PIPELINE_STUDIES = ("capacity", "activation")
+
+
 def pipeline_params() -> dict[str, Any]:
-    """The shared pipeline's params: shrunk_params() and the runs on the user's own files."""
+    """The shared pipeline's params: shrunk_params() without the twin runs and one study, and
+    with the runs on the user's own files."""
     params = shrunk_params()
+    for name in SHARED_PIPELINE_TWINS:
+        del params["runs"][name]
+    params["studies"] = {name: params["studies"][name] for name in SHARED_PIPELINE_STUDIES}
     params["datasets"]["pics"] = dict(PICS)
     params["datasets"]["t"] = {
         "source": "csv",
@@ -195,9 +207,26 @@ def build_pipeline(root: Path) -> None:
     frame.loc[4, "income"] = float("nan")  # imputed with the training median
     frame.to_csv(root / "data" / "raw" / "t.csv", index=False)
     write_params(root, pipeline_params())
+    drop_top_level_plots(root, [f"/{run}/" for run in SHARED_PIPELINE_TWINS] + ["regularisation"])
     env = git_repo(root)
     sh(["dvc", "repro"], root, env)
     commit_all(root, env, "dvc.lock and metrics")
+
+
+def drop_top_level_plots(root: Path, naming: list[str]) -> None:
+    """Remove the files whose path contains one of ``naming`` from dvc.yaml's top-level plots,
+    as a user who removes a default run must (README, "Varying experiments")."""
+    path = root / "dvc.yaml"
+    pipeline = yaml.safe_load(path.read_text())
+    kept = []
+    for entry in pipeline["plots"]:
+        name, props = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
+        if isinstance(props, dict) and isinstance(props.get("y"), dict):  # several files
+            props["y"] = {f: y for f, y in props["y"].items() if not any(n in f for n in naming)}
+        if not any(n in name for n in naming):
+            kept.append(entry)
+    pipeline["plots"] = kept
+    path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
 
 
 def copy_pipeline(source: Path, dest: Path) -> Path:

@@ -1,5 +1,5 @@
 """End to end: the real `dvc repro` of the shared pipeline (conftest's `pipeline`: shrunk params,
-every default run, a user's image folder and CSV table).
+the default runs but three twins, a user's image folder and CSV table).
 
 Checks the metrics and evidence files, the studies, and the MLflow store through MLflow's client.
 What DVC does next in that repository (its views, a second repro, a new image, `dvc exp run -S`)
@@ -14,22 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import mlflow_client, run_epochs
+from helpers import SHARED_PIPELINE_STUDIES, mlflow_client, run_epochs
 
-RUNS = [
-    "fnn",
-    "cnn",
-    "rnn",
-    "lstm",
-    "rnn_adding",
-    "lstm_adding",
-    "rnn_text",
-    "lstm_text",
-    "seq2seq",
-    "gan",
-    "pix",
-    "tab",
-]
+RUNS = ["fnn", "cnn", "lstm", "rnn_adding", "lstm_text", "seq2seq", "gan", "pix", "tab"]
 VERDICTS = {"underfit", "good", "overfit", "diverged"}
 
 pytestmark = pytest.mark.slow
@@ -65,7 +52,7 @@ def test_every_run_has_metrics_with_baselines(repo):
     digits = _json(root, "reports/metrics/cnn.json")
     assert 0.0 <= digits["test"]["accuracy"] <= 1.0
     assert digits["baseline"]["accuracy"] > 0.9  # the strongest classical baseline is a real one
-    adding = _json(root, "reports/evidence/lstm_adding.json")
+    adding = _json(root, "reports/evidence/rnn_adding.json")
     assert adding["baselines"]["constant"]["mse"] > 0.1
     gan = _json(root, "reports/metrics/gan.json")
     assert gan["test"]["fid"] >= 0 and gan["baseline"]["fid"] >= 0
@@ -142,7 +129,7 @@ def test_studies_write_tables_figures_and_grouped_runs(repo):
     root, _ = repo
     client = mlflow_client(root)
     experiment = client.get_experiment_by_name("deepfit")
-    for study in ("capacity", "regularisation", "activation"):
+    for study in SHARED_PIPELINE_STUDIES:
         table = (root / "reports/studies" / f"{study}.md").read_text()
         verdicts = re.findall(r"\| \*\*(\w+)\*\* \|", table)
         assert len(verdicts) == 2 and set(verdicts) <= VERDICTS, study
