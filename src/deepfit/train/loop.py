@@ -143,7 +143,10 @@ def streamed_batches(
     """Batches gathered from a memory-mapped ``x`` by index, never loading the whole array.
 
     Only the sample indices are shuffled (8 bytes each); each batch of indices is sorted, so
-    rows are read from disk in order, and gathered in a ``tf.numpy_function``.
+    rows are read from disk in order, and gathered in a ``tf.numpy_function``. The gather is
+    declared stateless (its rows depend only on the indices): under op determinism, a stateful
+    function in a map makes tf.data run the map serially and turn prefetching off, so reading
+    would stop the training steps instead of overlapping them.
     """
     import numpy as np
     import tensorflow as tf
@@ -153,7 +156,8 @@ def streamed_batches(
         return np.asarray(x[rows]), np.asarray(y[rows])
 
     def load(rows: tf.Tensor) -> Any:
-        xb, yb = tf.numpy_function(gather, [rows], [tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)])
+        types = [tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)]
+        xb, yb = tf.numpy_function(gather, [rows], types, stateful=False)
         xb.set_shape((None, *x.shape[1:]))
         yb.set_shape((None, *y.shape[1:]))
         return xb if generative else (xb, yb)
