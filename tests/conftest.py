@@ -76,6 +76,7 @@ LONGEST_FIRST = (
     "test_tracking_outage.py",
     "test_server_e2e.py",
     "test_team_server.py",
+    "test_postgres_restart.py",
     "test_text_classification.py",
 )
 SHARED_PIPELINE_LAST = (
