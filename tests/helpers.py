@@ -131,10 +131,11 @@ PIPELINE_EXTRA_RUNS = {
 }
 
 
-# Default runs the shared pipeline leaves out, each the twin of one it keeps: the same dataset,
-# stages and code paths, the other recurrent cell (SimpleRNN and LSTM both still run: rnn_adding,
-# lstm, lstm_text, seq2seq). test_models trains and reloads every model on every input kind.
-SHARED_PIPELINE_TWINS = ("rnn", "lstm_adding", "rnn_text")
+# Default runs the shared pipeline leaves out, each the twin of one it keeps: rnn, lstm_adding
+# and rnn_text differ from lstm, rnn_adding and lstm_text only in the recurrent cell (SimpleRNN
+# and LSTM both still run); cnn runs the convolutional network the user's image folder (pix)
+# runs, on the digits fnn reads. test_models trains and reloads every model on every input kind.
+SHARED_PIPELINE_TWINS = ("rnn", "lstm_adding", "rnn_text", "cnn")
 # test_studies runs the regularisation study itself, on its own digits
 SHARED_PIPELINE_STUDIES = ("capacity", "activation")
 

@@ -29,14 +29,14 @@ def changed(pipeline, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
 def test_dvc_views_work(changed):
     root, env = changed
     metrics = sh(["dvc", "metrics", "show", "--json"], root, env)
-    assert "reports/metrics/cnn.json" in metrics
+    assert "reports/metrics/pix.json" in metrics
     shown = subprocess.run(
         ["dvc", "plots", "show", "--json"], cwd=root, env=env, capture_output=True, text=True
     )
     plots = json.loads(shown.stdout)  # warnings, if any, go to stderr
-    assert "reports/plots/cnn/curves/loss.csv" in plots["data"]
-    assert "reports/plots/cnn/eval/confusion.csv" in plots["data"]
-    assert "reports/plots/cnn/gradients/norms.csv" in plots["data"]
+    assert "reports/plots/pix/curves/loss.csv" in plots["data"]
+    assert "reports/plots/fnn/eval/confusion.csv" in plots["data"]
+    assert "reports/plots/pix/gradients/norms.csv" in plots["data"]
     assert not plots.get("errors"), plots.get("errors")
 
 
@@ -49,21 +49,21 @@ def test_second_repro_does_nothing(changed):
 
 def test_exp_run_reruns_only_the_varied_run(changed):
     root, env = changed  # committed as built: `dvc exp run` starts from that commit
-    out = sh(["dvc", "exp", "run", "-S", "runs.cnn.activation=tanh"], root, env)
+    out = sh(["dvc", "exp", "run", "-S", "runs.pix.dropout=0.1"], root, env)
     ran = sorted(set(re.findall(r"Running stage '([^']+)'", out)))
     # validate reruns on every edit of params.yaml; nothing depends on it
-    assert ran == ["evaluate@cnn", "report", "train@cnn", "validate"]
+    assert ran == ["evaluate@pix", "report", "train@pix", "validate"]
     shown = sh(["dvc", "exp", "show", "--json"], root, env)
-    assert "tanh" in shown
+    assert "0.1" in shown
 
     client = mlflow_client(root)
     experiment = client.get_experiment_by_name("deepfit")
     varied = client.search_runs(
-        [experiment.experiment_id], filter_string="tags.`deepfit.run` = 'cnn'"
+        [experiment.experiment_id], filter_string="tags.`deepfit.run` = 'pix'"
     )
     named = [r for r in varied if "dvc_exp_name" in r.data.tags]
     assert len(named) == 1
     run = named[0]
-    assert run.info.run_name == f"cnn@{run.data.tags['dvc_exp_name']}"
+    assert run.info.run_name == f"pix@{run.data.tags['dvc_exp_name']}"
     assert run.info.status == "FINISHED"
-    assert run.data.params["arch.activation"] == "tanh"
+    assert run.data.params["arch.dropout"] == "0.1"

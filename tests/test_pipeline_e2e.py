@@ -16,7 +16,7 @@ import pytest
 
 from helpers import SHARED_PIPELINE_STUDIES, mlflow_client, run_epochs
 
-RUNS = ["fnn", "cnn", "lstm", "rnn_adding", "lstm_text", "seq2seq", "gan", "pix", "tab"]
+RUNS = ["fnn", "lstm", "rnn_adding", "lstm_text", "seq2seq", "gan", "pix", "tab"]
 VERDICTS = {"underfit", "good", "overfit", "diverged"}
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_every_run_has_metrics_with_baselines(repo):
         shared = set(found) & set(baseline) - {"name"}
         assert shared and all(found[k] == baseline[k] for k in shared), name
         assert baseline["verdict"], name  # better / no significant difference / worse
-    digits = _json(root, "reports/metrics/cnn.json")
+    digits = _json(root, "reports/metrics/fnn.json")
     assert 0.0 <= digits["test"]["accuracy"] <= 1.0
     assert digits["baseline"]["accuracy"] > 0.9  # the strongest classical baseline is a real one
     adding = _json(root, "reports/evidence/rnn_adding.json")
@@ -147,7 +147,7 @@ def test_logged_model_loads_with_pyfunc(repo):
     import numpy as np
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    run = mlflow.search_runs(experiment_names=["deepfit"], filter_string="run_name = 'cnn'")
+    run = mlflow.search_runs(experiment_names=["deepfit"], filter_string="run_name = 'fnn'")
     model = mlflow.pyfunc.load_model(f"runs:/{run.iloc[0].run_id}/model")
     proba = np.asarray(model.predict(np.zeros((2, 8, 8, 1), dtype="float32")))
     assert proba.shape == (2, 10)

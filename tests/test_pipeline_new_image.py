@@ -31,7 +31,7 @@ def test_adding_an_image_reruns_prepare_and_its_downstream(changed):
     assert "prepare@pics" in sh(["dvc", "status"], root, env)
     ran = set(re.findall(r"Running stage '([^']+)'", sh(["dvc", "repro"], root, env)))
     assert {"prepare@pics", "baseline@pics", "train@pix", "evaluate@pix", "report"} <= ran
-    assert not ran & {"train_scorer", "train@cnn", "baseline@digits", "evaluate@cnn"}
+    assert not ran & {"train_scorer", "train@fnn", "baseline@digits", "evaluate@fnn"}
     assert "up to date" in sh(["dvc", "status"], root, env)
     manifest = json.loads((root / "data/prepared/pics/manifest.json").read_text())
     assert sum(info["samples"] for info in manifest["splits"].values()) == 31
