@@ -207,8 +207,13 @@ def build_pipeline(root: Path) -> None:
     frame = mixed_frame(160)
     frame.loc[4, "income"] = float("nan")  # imputed with the training median
     frame.to_csv(root / "data" / "raw" / "t.csv", index=False)
-    write_params(root, pipeline_params())
-    drop_top_level_plots(root, [f"/{run}/" for run in SHARED_PIPELINE_TWINS] + ["regularisation"])
+    params = pipeline_params()
+    write_params(root, params)
+    gone = [f"/{run}/" for run in SHARED_PIPELINE_TWINS]
+    gone += [
+        f"/studies/{name}." for name in real_params()["studies"] if name not in params["studies"]
+    ]
+    drop_top_level_plots(root, gone)
     env = git_repo(root)
     sh(["dvc", "repro"], root, env)
     commit_all(root, env, "dvc.lock and metrics")
