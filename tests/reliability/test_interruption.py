@@ -18,7 +18,8 @@ import pytest
 from deepfit import tracking
 from helpers import TINY_RUN, runs_named, stage_env, tiny_params, write_params
 
-EPOCHS = 6
+# far more than the test lets run: each process is stopped after its first or second epoch
+EPOCHS = 50
 
 
 def _start(root: Path) -> subprocess.Popen:
@@ -50,7 +51,7 @@ def _wait_for_epoch(root: Path, process: subprocess.Popen, epoch: int) -> None:
 def test_sigterm_and_sigint_end_the_run_killed_and_training_resumes(ready_workdir):
     root = ready_workdir
     slow = {**TINY_RUN, "units": [32], "train": {"epochs": EPOCHS, "batch_size": 4}}
-    slow["train"]["steps_per_execution"] = 1  # one step per call: about a second per epoch
+    slow["train"]["steps_per_execution"] = 1  # one step per call: slow epochs
     write_params(root, tiny_params({"slow": slow}))
 
     first = _start(root)

