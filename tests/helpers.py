@@ -434,3 +434,49 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def shared_folder(prefix: str) -> Path:
+    """A new temporary folder that other users may enter (mode 0755). pytest's folders are
+    private, and deepfit's PostgreSQL cluster runs as user postgres when the tests run as root.
+    The caller removes it."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    return base
+
+
+def deepfit_cli(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``deepfit ARGS`` in ``cwd``, importing this tree (absolute PYTHONPATH; cwd is elsewhere)."""
+    return subprocess.run(
+        [sys.executable, "-m", "deepfit.cli", *args],
+        cwd=cwd,
+        env=env or stage_env(PYTHONPATH=str(ROOT / "src")),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def running(pid: int) -> bool:
+    """Process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# `python -c MLFLOW_LOGGER URL NAME EPOCHS`: an MLflow client that logs loss and val_loss for
+# steps 1..EPOCHS into run NAME of experiment deepfit, one request per step, as fast as it can.
+MLFLOW_LOGGER = """
+import sys
+import mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+mlflow.set_experiment("deepfit")
+with mlflow.start_run(run_name=sys.argv[2], tags={"deepfit.run": sys.argv[2]}):
+    for step in range(1, int(sys.argv[3]) + 1):
+        mlflow.log_metrics({"loss": 1.0 / step, "val_loss": 2.0 / step}, step=step)
+"""

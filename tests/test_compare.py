@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 from deepfit import cli
 from deepfit.evaluate.metrics import key_metric_names
 from deepfit.report import compare
-from helpers import ROOT, stage_env
+from helpers import ROOT, free_port, stage_env
 
 EXPERIMENT = "deepfit"
 
@@ -265,12 +264,6 @@ def test_cli_no_match_exits_1(store, capsys):
     assert "no run matches (10 runs in experiment 'deepfit')" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -293,7 +286,7 @@ def test_cli_errors_are_one_line_exit_2(store, capsys, args, message):
 
 def test_cli_unreachable_stores_fail_fast(tmp_path, capsys):
     started = time.perf_counter()
-    assert run_cli("--tracking-uri", f"http://127.0.0.1:{_free_port()}") == 2
+    assert run_cli("--tracking-uri", f"http://127.0.0.1:{free_port()}") == 2
     assert time.perf_counter() - started < 15  # MLflow alone retries for minutes
     assert "cannot reach the MLflow server at http://127.0.0.1:" in capsys.readouterr().err
     missing = tmp_path / "mlflow.db"

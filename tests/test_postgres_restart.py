@@ -14,19 +14,19 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from helpers import (
-    ROOT,
     TINY_RUN,
     copy_tree,
+    deepfit_cli,
     error_line,
     free_port,
     make_workdir,
+    shared_folder,
     stage_env,
     tiny_params,
 )
@@ -36,12 +36,6 @@ pytestmark = pytest.mark.slow
 RUNS = ("a", "b")
 EPOCHS = 80  # about 0.1 s each: the restart lands mid-fit
 RESTART_AFTER = 5  # epochs on the server of both runs before PostgreSQL restarts
-
-
-def _deepfit(root: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "deepfit.cli", *args]
-    env = stage_env(PYTHONPATH=str(ROOT / "src"))
-    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _pg_ctl(cluster: Path, log: Path, action: str) -> subprocess.CompletedProcess:
@@ -59,8 +53,7 @@ def server(prepared_digits: Path):
     """A project with runs a and b and its own `deepfit server --db postgres --detach`."""
     from deepfit.server import Paths
 
-    base = Path(tempfile.mkdtemp(prefix="deepfit-restart-"))
-    base.chmod(0o755)  # the cluster's owner must reach its folder
+    base = shared_folder("deepfit-restart-")
     run = {**TINY_RUN, "train": {"early_stopping": {"enabled": False}}}
     root = make_workdir(
         base / "repo", tiny_params(runs={n: dict(run) for n in RUNS}, epochs=EPOCHS)
@@ -70,11 +63,11 @@ def server(prepared_digits: Path):
     port = free_port()
     paths = Paths.for_repo(root)
     try:
-        started = _deepfit(root, "server", "--db", "postgres", "--port", str(port), "--detach")
+        started = deepfit_cli(root, "server", "--db", "postgres", "--port", str(port), "--detach")
         assert started.returncode == 0, started.stdout + started.stderr
         yield root, f"http://127.0.0.1:{port}", paths
     finally:
-        _deepfit(root, "server", "stop")  # mlflow by PID; the restarted postmaster is ours
+        deepfit_cli(root, "server", "stop")  # mlflow by PID; the restarted postmaster is ours
         if (paths.cluster / "postmaster.pid").exists():
             _pg_ctl(paths.cluster, paths.postgres_log, "stop")
         shutil.rmtree(base, ignore_errors=True)

@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from helpers import EPOCHS, sh, stage_env, tiny_repo, tool
+from helpers import EPOCHS, free_port, sh, stage_env, tiny_repo, tool
 
 pytestmark = pytest.mark.slow
 
 SERVER_START_TIMEOUT = 120  # seconds; the first start creates the store's tables
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _healthy(url: str) -> bool:
@@ -41,7 +34,7 @@ def _healthy(url: str) -> bool:
 def server(tmp_path_factory: pytest.TempPathFactory):
     """(url, folder) of a fresh `mlflow server`; stopped, with its workers, after the module."""
     folder = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = stage_env()
     cmd = [

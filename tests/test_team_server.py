@@ -1,9 +1,11 @@
-"""`deepfit server` with a real PostgreSQL, what MLflow shows a team, and writers at once.
+"""`deepfit server` with a real PostgreSQL: its mistakes, its credentials, what it listens on,
+and stopping it.
 
 The slow tests start a PostgreSQL cluster (initdb/pg_ctl; as root it runs as user postgres) and
-`mlflow server` on free loopback ports in a temporary project, log to them from real train
-stages and MLflow clients at the same time, and stop everything by PID. A missing component
-fails the tests; nothing is skipped.
+`mlflow server` on free loopback ports in a temporary project, and stop everything by PID. A
+missing component fails the tests; nothing is skipped. A queued sweep and other writers logging
+to such a server at once are in test_sweep_e2e.py, PostgreSQL restarted under two writers in
+test_postgres_restart.py.
 """
 
 from __future__ import annotations
@@ -15,33 +17,26 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, TINY_RUN, copy_tree, make_workdir, stage_env, tiny_params
+from helpers import (
+    ROOT,
+    deepfit_cli,
+    free_port,
+    make_workdir,
+    running,
+    shared_folder,
+    stage_env,
+    tiny_params,
+)
 
-SRC = str(ROOT / "src")
-EPOCHS = 4  # of each concurrent train stage
-LOGGED_EPOCHS = 60  # of each concurrent MLflow client
 
-
-def _env(**extra: str) -> dict[str, str]:
+def _env() -> dict[str, str]:
     # An absolute PYTHONPATH: subprocesses run in other folders and must import this tree.
-    return stage_env(PYTHONPATH=SRC, **extra)
-
-
-def _deepfit(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300):
-    return subprocess.run(
-        [sys.executable, "-m", "deepfit.cli", *args],
-        cwd=cwd,
-        env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return stage_env(PYTHONPATH=str(ROOT / "src"))
 
 
 def _one_error(done: subprocess.CompletedProcess) -> str:
@@ -51,14 +46,8 @@ def _one_error(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _project(base: Path, runs: dict | None = None) -> Path:
-    root = make_workdir(base, tiny_params(runs=runs, epochs=EPOCHS))
+def _project(base: Path) -> Path:
+    root = make_workdir(base, tiny_params())
     (root / ".dvc").mkdir(exist_ok=True)
     return root
 
@@ -74,7 +63,7 @@ def test_malformed_database_url_is_one_line(tmp_path: Path) -> None:
         "postgresql://u:p@127.0.0.1:port/db": "the port is not a number",
     }
     for url, expected in cases.items():
-        line = _one_error(_deepfit(root, "server", "--database-url", url, "--port", "1"))
+        line = _one_error(deepfit_cli(root, "server", "--database-url", url, "--port", "1"))
         assert expected in line and "postgresql://USER:PASSWORD@HOST:PORT/DATABASE" in line
 
 
@@ -84,7 +73,7 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        line = _one_error(_deepfit(root, "server", "--db", "postgres", "--port", str(port)))
+        line = _one_error(deepfit_cli(root, "server", "--db", "postgres", "--port", str(port)))
     assert f"port {port} on 127.0.0.1 is in use; choose another with --port" in line
 
 
@@ -93,7 +82,7 @@ def test_missing_initdb_is_one_line(tmp_path: Path) -> None:
     env = _env()
     env["PATH"] = "/usr/bin:/bin"  # no /usr/local/bin: no PostgreSQL
     assert shutil.which("initdb", path=env["PATH"]) is None
-    done = _deepfit(root, "server", "--db", "postgres", "--port", str(_free_port()), env=env)
+    done = deepfit_cli(root, "server", "--db", "postgres", "--port", str(free_port()), env=env)
     line = _one_error(done)
     assert "initdb not found on PATH" in line and "apt-get install postgresql" in line
     assert not (root / ".dvc" / "tmp" / "deepfit" / "server.json").exists()
@@ -141,33 +130,23 @@ def test_makefile_rebuilds_a_venv_made_for_another_folder(tmp_path: Path) -> Non
 
 
 @pytest.fixture(scope="module")
-def team(prepared_digits: Path):
-    """A project with runs a and b, served by `deepfit server --db postgres --detach`."""
-    # pytest's temporary folders are private to root; the cluster's owner must reach its folder.
-    base = Path(tempfile.mkdtemp(prefix="deepfit-team-"))
-    base.chmod(0o755)
-    root = _project(base / "repo", runs={"a": dict(TINY_RUN), "b": dict(TINY_RUN)})
-    copy_tree(prepared_digits, root / "data" / "prepared" / "digits")
-    port = _free_port()
-    started = _deepfit(root, "server", "--db", "postgres", "--port", str(port), "--detach")
+def team():
+    """A project served by `deepfit server --db postgres --detach`."""
+    base = shared_folder("deepfit-team-")
+    root = _project(base / "repo")
+    port = free_port()
+    started = deepfit_cli(root, "server", "--db", "postgres", "--port", str(port), "--detach")
     state_file = root / ".dvc" / "tmp" / "deepfit" / "server.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         yield {"root": root, "url": f"http://127.0.0.1:{port}", "state": state, "out": started}
     finally:
-        _deepfit(root, "server", "stop")
+        deepfit_cli(root, "server", "stop")
         for proc in (state.get("mlflow"), state.get("postgres")):
-            if proc and _running(proc["pid"]):  # stop failed: do not leave servers behind
+            if proc and running(proc["pid"]):  # stop failed: do not leave servers behind
                 os.kill(proc["pid"], signal.SIGKILL)
         shutil.rmtree(base, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _password(root: Path) -> str:
@@ -216,122 +195,26 @@ def test_wrong_credentials_are_one_line(team, tmp_path: Path) -> None:
     root = _project(tmp_path / "other")
     pg_port = team["state"]["postgres"]["port"]
     url = f"postgresql://deepfit:not-the-password@127.0.0.1:{pg_port}/mlflow"
-    line = _one_error(_deepfit(root, "server", "--database-url", url, "--port", str(_free_port())))
+    done = deepfit_cli(root, "server", "--database-url", url, "--port", str(free_port()))
+    line = _one_error(done)
     assert "PostgreSQL refused user 'deepfit' (wrong user or password)" in line
     assert "not-the-password" not in line
-
-
-LOGGER = """
-import json, sys, time
-import mlflow
-mlflow.set_tracking_uri(sys.argv[1])
-mlflow.set_experiment("deepfit")
-latencies = []
-with mlflow.start_run(run_name=sys.argv[2], tags={"deepfit.run": sys.argv[2]}) as run:
-    print(run.info.experiment_id, run.info.run_id, file=sys.stderr)
-    for step in range(1, int(sys.argv[3]) + 1):
-        started = time.perf_counter()
-        mlflow.log_metrics({"loss": 1.0 / step, "val_loss": 2.0 / step}, step=step)
-        latencies.append(time.perf_counter() - started)
-print(json.dumps(latencies))
-"""
-
-
-@pytest.mark.slow
-def test_concurrent_stages_and_clients_lose_nothing(team) -> None:
-    """Two real train stages and two MLflow clients logging epochs, all at once."""
-    from mlflow.tracking import MlflowClient
-
-    root, url = team["root"], team["url"]
-    env = _env(MLFLOW_TRACKING_URI=url)
-    # The experiment exists on a team's server; what is tested is concurrent logging (in 1 of 3
-    # runs while all four processes also raced to create it, one client's run went missing).
-    if MlflowClient(url).get_experiment_by_name("deepfit") is None:
-        MlflowClient(url).create_experiment("deepfit")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "deepfit.stages.train", "--run", run],
-            cwd=root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for run in ("a", "b")
-    ]
-    procs += [
-        subprocess.Popen(
-            [sys.executable, "-c", LOGGER, url, name, str(LOGGED_EPOCHS)],
-            cwd=root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("client1", "client2")
-    ]
-    outputs = [p.communicate(timeout=900) for p in procs]
-    for proc, (out, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, (out or "")[-3000:] + (err or "")[-3000:]
-    latencies = sorted(x for out, _ in outputs[2:] for x in json.loads(out.splitlines()[-1]))
-    client = MlflowClient(url)
-    experiment = client.get_experiment_by_name("deepfit")
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    by_name = {r.info.run_name: r for r in runs}
-    everywhere = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert {"a", "b", "client1", "client2"} <= set(by_name), (
-        [(r.info.run_name, r.info.experiment_id, r.info.status) for r in everywhere],
-        [err for _, err in outputs[2:]],
-    )
-    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
-    expected = {"a": EPOCHS, "b": EPOCHS, "client1": LOGGED_EPOCHS, "client2": LOGGED_EPOCHS}
-    for name, epochs in expected.items():
-        assert by_name[name].info.status == "FINISHED"
-        for key in ("loss", "val_loss"):
-            steps = [m.step for m in client.get_metric_history(by_name[name].info.run_id, key)]
-            assert sorted(steps) == list(range(1, epochs + 1)), (name, key)
-    p95 = latencies[int(0.95 * (len(latencies) - 1))]
-    print(
-        f"\nepoch logging to the server: {len(latencies)} calls, p50 "
-        f"{latencies[len(latencies) // 2] * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms"
-    )
-    assert p95 < 2.0
-
-
-@pytest.mark.slow
-def test_training_run_shows_kind_and_datasets(team) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(team["url"])
-    experiment = client.get_experiment_by_name("deepfit")
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    run = client.search_runs([experiment.experiment_id], "tags.`deepfit.run` = 'a'")[0]
-    manifest = json.loads((team["root"] / "data/prepared/digits/manifest.json").read_text())
-    inputs = {
-        next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
-        for i in run.inputs.dataset_inputs
-    }
-    assert set(inputs) == {"training", "validation", "testing"}
-    for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
-        assert inputs[context].name == "digits"
-        assert inputs[context].digest == manifest["splits"][split]["sha256"][:32]
-        assert manifest["splits"][split]["file"] in inputs[context].source
 
 
 @pytest.mark.slow
 def test_stop_ends_both_servers_by_pid(team) -> None:
     state = team["state"]
-    done = _deepfit(team["root"], "server", "stop")
+    done = deepfit_cli(team["root"], "server", "stop")
     assert done.returncode == 0, done.stderr
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(
-        _running(state[k]["pid"]) for k in ("mlflow", "postgres")
+        running(state[k]["pid"]) for k in ("mlflow", "postgres")
     ):
         time.sleep(0.5)
-    assert not _running(state["mlflow"]["pid"]) and not _running(state["postgres"]["pid"])
+    assert not running(state["mlflow"]["pid"]) and not running(state["postgres"]["pid"])
     assert not (team["root"] / ".dvc" / "tmp" / "deepfit" / "server.json").exists()
     assert _listening(int(team["url"].rsplit(":", 1)[1])) == set()
-    assert _deepfit(team["root"], "server", "stop").returncode == 1
+    assert deepfit_cli(team["root"], "server", "stop").returncode == 1
 
 
 def test_copied_project_logs_into_its_own_artifacts(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 from deepfit import tracking
 from helpers import (
     error_line,
+    free_port,
     mlflow_client,
     run_stage,
     snapshot,
@@ -25,14 +26,8 @@ from helpers import (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_server_down_fails_the_train_stage_in_seconds_before_training(ready_workdir):
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     before = snapshot(ready_workdir)
     started = time.monotonic()
     done = run_stage(
@@ -115,7 +110,7 @@ def test_failed_experiment_with_the_server_down_still_fails_fast(workdir):
     raw = tiny_params()
     raw["train"]["epochs"] = 0
     write_params(workdir, raw)
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     env = stage_env(DVC_EXP_NAME="brisk-lark", MLFLOW_TRACKING_URI=uri)
     started = time.monotonic()
     done = run_stage(workdir, "train", "--run", "tiny", env=env)
