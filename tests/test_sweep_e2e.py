@@ -142,10 +142,14 @@ def sweep(repo):
 @pytest.fixture(scope="module")
 def store(sweep):
     root, _, _ = sweep
+    return mlflow_client(root), _local_runs(root)
+
+
+def _local_runs(root: Path) -> list:
+    """The runs in the repository's own mlflow.db."""
     client = mlflow_client(root)
     experiment = client.get_experiment_by_name("deepfit")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    return client, runs
+    return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
 def _sweep_points(sweep) -> dict[str, tuple[str, str]]:
@@ -251,7 +255,7 @@ def team_sweep(repo, sweep):
     """The repository's `deepfit server --db postgres`; two queued experiments at -j 2 logging
     to it, and two MLflow clients logging to it once the first experiment's run is open.
 
-    Returns (server client, names of the two experiments, local runs before, clients' stderr)."""
+    Returns (server client, experiment id, names of the two experiments, local run ids before)."""
     from mlflow.tracking import MlflowClient
 
     root, env = repo
@@ -297,12 +301,6 @@ def team_sweep(repo, sweep):
         for proc in (state.get("mlflow"), state.get("postgres")):
             if proc and running(proc["pid"]):  # stop failed: leave no server behind
                 os.kill(proc["pid"], signal.SIGKILL)
-
-
-def _local_runs(root: Path) -> list:
-    client = mlflow_client(root)
-    experiment = client.get_experiment_by_name("deepfit")
-    return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
 def test_team_sweep_and_two_writers_lose_nothing_on_postgres(repo, team_sweep):
