@@ -1,7 +1,10 @@
-"""Per-layer gradient norms of the data loss on a fixed, seeded training batch, each epoch.
+"""Per-layer gradient norms of the data loss on a fixed, seeded training sample, each epoch.
 
 The probes are ``tf.function``s over ``GradientTape`` (the TensorFlow backend trains); the
-``GradientNorms`` callback in ``deepfit.train.callbacks`` calls one after every epoch.
+``GradientNorms`` callback in ``deepfit.train.callbacks`` calls one after every epoch. The sample
+(``train.gradients.samples``) is fed in chunks of the run's batch size and their gradients are
+summed, so measuring needs no more memory than a training step: the activations of 256 images
+at once would take 4 times the memory of a batch of 64.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ def gradient_callback(
     n = min(cfg.gradients.samples, len(x))
     pick = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
     if generative:
-        probe = gan_gradient_probe(model, x[pick], seed)
+        probe = gan_gradient_probe(model, x[pick], seed, cfg.batch_size)
     else:
-        probe = gradient_probe(model, x[pick], y[pick])
+        probe = gradient_probe(model, x[pick], y[pick], cfg.batch_size)
     return GradientNorms(probe, _log_norms)
 
 
@@ -55,40 +58,73 @@ def layer_weights(model: keras.Model, prefix: str = "") -> list[tuple[str, list]
     return groups
 
 
-def gradient_probe(model: keras.Model, x: Any, y: Any) -> Callable[[], dict[str, float]]:
-    """Per-layer gradient norms of a compiled supervised model's loss on the batch ``(x, y)``."""
+def gradient_probe(
+    model: keras.Model, x: Any, y: Any, chunk: int | None = None
+) -> Callable[[], dict[str, float]]:
+    """Per-layer gradient norms of a compiled supervised model's mean loss on ``(x, y)``,
+    computed ``chunk`` samples at a time (all at once by default)."""
     import tensorflow as tf  # GradientTape: training runs on the TensorFlow backend
 
     loss_fn = keras.losses.get(model.loss)
     groups = layer_weights(model)
+    weights = _flat(groups)
 
-    @tf.function  # one graph: a few milliseconds per epoch instead of tens
-    def squared_norms() -> list:
+    @tf.function(reduce_retracing=True)  # one graph: a few ms per epoch instead of tens
+    def gradient(xc: Any, yc: Any) -> list:
+        n = keras.ops.cast(keras.ops.shape(xc)[0], "float32")  # the chunk's mean, times its size
         with tf.GradientTape() as tape:
-            loss = keras.ops.mean(loss_fn(y, model(x, training=False)))
-        return _squared_norms(groups, tape.gradient(loss, _flat(groups)))
+            total = keras.ops.mean(loss_fn(yc, model(xc, training=False))) * n
+        return tape.gradient(total, weights)
+
+    def squared_norms() -> list:
+        parts = [gradient(xc, yc) for xc, yc in _chunks(chunk or len(x), x, y)]
+        return _squared_norms(groups, _mean_gradient(parts, len(x)))
 
     return _named_probe(groups, squared_norms)
 
 
-def gan_gradient_probe(model: keras.Model, real: Any, seed: int) -> Callable[[], dict[str, float]]:
+def gan_gradient_probe(
+    model: keras.Model, real: Any, seed: int, chunk: int | None = None
+) -> Callable[[], dict[str, float]]:
     """Per-layer gradient norms of a GAN: discriminator loss for the discriminator's layers,
-    generator loss for the generator's, on fixed real images and fixed noise."""
+    generator loss for the generator's, on fixed real images and fixed noise, ``chunk``
+    images at a time (all at once by default)."""
     import tensorflow as tf
 
     z = model.noise(len(real), seed=seed)
     groups = layer_weights(model.generator, "generator/")
     d_groups = layer_weights(model.discriminator, "discriminator/")
+    g_weights, d_weights = _flat(groups), _flat(d_groups)
 
-    @tf.function
-    def squared_norms() -> list:
+    @tf.function(reduce_retracing=True)
+    def gradient(rc: Any, zc: Any) -> list:
+        n = keras.ops.cast(keras.ops.shape(rc)[0], "float32")  # the losses are chunk means
         with tf.GradientTape(persistent=True) as tape:
-            d_loss, g_loss = model.losses(real, z, training=False)
-        return _squared_norms(groups, tape.gradient(g_loss, _flat(groups))) + _squared_norms(
-            d_groups, tape.gradient(d_loss, _flat(d_groups))
-        )
+            d_loss, g_loss = model.losses(rc, zc, training=False)
+            g_total, d_total = g_loss * n, d_loss * n
+        return tape.gradient(g_total, g_weights) + tape.gradient(d_total, d_weights)
+
+    def squared_norms() -> list:
+        parts = [gradient(rc, zc) for rc, zc in _chunks(chunk or len(real), real, z)]
+        return _squared_norms(groups + d_groups, _mean_gradient(parts, len(real)))
 
     return _named_probe(groups + d_groups, squared_norms)
+
+
+def _chunks(size: int, *arrays: Any) -> list[tuple]:
+    """Consecutive slices of ``size`` rows of each array, together."""
+    n = len(arrays[0])
+    return [tuple(a[i : i + size] for a in arrays) for i in range(0, n, size)]
+
+
+def _mean_gradient(parts: list[list], n: int) -> list:
+    """The gradient of the mean loss over ``n`` samples from each chunk's gradient of its mean
+    loss times its size."""
+    summed = [
+        None if grads[0] is None else keras.ops.sum(keras.ops.stack(grads), axis=0)
+        for grads in zip(*parts, strict=True)
+    ]
+    return [None if g is None else g / n for g in summed]
 
 
 def _named_probe(groups: list[tuple[str, list]], squared_norms: Callable[[], list]):
