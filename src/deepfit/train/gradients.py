@@ -69,16 +69,15 @@ def gradient_probe(
     groups = layer_weights(model)
     weights = _flat(groups)
 
-    @tf.function(reduce_retracing=True)  # one graph: a few ms per epoch instead of tens
     def gradient(xc: Any, yc: Any) -> list:
         n = keras.ops.cast(keras.ops.shape(xc)[0], "float32")  # the chunk's mean, times its size
         with tf.GradientTape() as tape:
             total = keras.ops.mean(loss_fn(yc, model(xc, training=False))) * n
         return tape.gradient(total, weights)
 
+    @tf.function  # one graph: a few milliseconds per epoch instead of tens
     def squared_norms() -> list:
-        parts = [gradient(xc, yc) for xc, yc in _chunks(chunk or len(x), x, y)]
-        return _squared_norms(groups, _mean_gradient(parts, len(x)))
+        return _squared_norms(groups, _mean_gradient(gradient, (x, y), chunk, weights))
 
     return _named_probe(groups, squared_norms)
 
@@ -96,7 +95,6 @@ def gan_gradient_probe(
     d_groups = layer_weights(model.discriminator, "discriminator/")
     g_weights, d_weights = _flat(groups), _flat(d_groups)
 
-    @tf.function(reduce_retracing=True)
     def gradient(rc: Any, zc: Any) -> list:
         n = keras.ops.cast(keras.ops.shape(rc)[0], "float32")  # the losses are chunk means
         with tf.GradientTape(persistent=True) as tape:
@@ -104,27 +102,38 @@ def gan_gradient_probe(
             g_total, d_total = g_loss * n, d_loss * n
         return tape.gradient(g_total, g_weights) + tape.gradient(d_total, d_weights)
 
+    @tf.function
     def squared_norms() -> list:
-        parts = [gradient(rc, zc) for rc, zc in _chunks(chunk or len(real), real, z)]
-        return _squared_norms(groups + d_groups, _mean_gradient(parts, len(real)))
+        mean = _mean_gradient(gradient, (real, z), chunk, g_weights + d_weights)
+        return _squared_norms(groups + d_groups, mean)
 
     return _named_probe(groups + d_groups, squared_norms)
 
 
-def _chunks(size: int, *arrays: Any) -> list[tuple]:
-    """Consecutive slices of ``size`` rows of each array, together."""
+def _mean_gradient(
+    gradient: Callable[..., list], arrays: tuple, chunk: int | None, weights: list
+) -> list:
+    """In a ``tf.function``: the gradient of the mean loss over all rows of ``arrays``, summed
+    from ``gradient(*rows)`` (the gradient of a chunk's mean loss times its size) over
+    consecutive chunks of ``chunk`` rows. A graph loop runs one chunk after the other
+    (``parallel_iterations=1``), so only one chunk's activations are alive at a time. A None
+    gradient (the loss does not depend on that weight) counts as zeros."""
+    import tensorflow as tf
+
     n = len(arrays[0])
-    return [tuple(a[i : i + size] for a in arrays) for i in range(0, n, size)]
+    size = chunk or n
+    arrays = tuple(tf.convert_to_tensor(a) for a in arrays)
 
+    def body(i: Any, total: list) -> tuple[Any, list]:
+        start = i * size
+        parts = gradient(*(a[start : start + size] for a in arrays))
+        return i + 1, [t if g is None else t + g for t, g in zip(total, parts, strict=True)]
 
-def _mean_gradient(parts: list[list], n: int) -> list:
-    """The gradient of the mean loss over ``n`` samples from each chunk's gradient of its mean
-    loss times its size."""
-    summed = [
-        None if grads[0] is None else keras.ops.sum(keras.ops.stack(grads), axis=0)
-        for grads in zip(*parts, strict=True)
-    ]
-    return [None if g is None else g / n for g in summed]
+    zeros = [tf.zeros_like(w) for w in weights]
+    _, total = tf.while_loop(
+        lambda i, _: i < -(-n // size), body, (tf.constant(0), zeros), parallel_iterations=1
+    )
+    return [t / n for t in total]
 
 
 def _named_probe(groups: list[tuple[str, list]], squared_norms: Callable[[], list]):
@@ -142,12 +151,8 @@ def _flat(groups: list[tuple[str, list]]) -> list:
 def _squared_norms(groups: list[tuple[str, list]], grads: list) -> list:
     out, i = [], 0
     for _, variables in groups:
-        parts = [
-            keras.ops.sum(keras.ops.square(g))
-            for g in grads[i : i + len(variables)]
-            if g is not None
-        ]  # None: the loss does not depend on the variable
-        out.append(keras.ops.sum(keras.ops.stack(parts)) if parts else keras.ops.zeros(()))
+        parts = [keras.ops.sum(keras.ops.square(g)) for g in grads[i : i + len(variables)]]
+        out.append(keras.ops.sum(keras.ops.stack(parts)))
         i += len(variables)
     return out
 
