@@ -158,6 +158,16 @@ def test_bad_values_name_the_key(raw, path, value, expected):
     assert expected in error_of(raw)
 
 
+def test_a_gan_draws_the_data_its_scorer_was_trained_on(raw):
+    raw["datasets"]["pics"] = {"source": "images", "path": "pics", "image_size": [32, 32]}
+    raw["runs"]["gan"]["dataset"] = "pics"
+    assert "runs.gan.dataset: 'pics', but a gan run is scored by the classifier trained on " + (
+        "scorer.dataset ('digits'); set scorer.dataset: pics"
+    ) in error_of(raw)
+    raw["scorer"]["dataset"] = "pics"
+    assert parse_params(raw).runs["gan"].dataset == "pics"
+
+
 def test_unknown_activation_lists_allowed(raw):
     raw["runs"]["cnn"]["activation"] = "tanhh"
     message = error_of(raw)

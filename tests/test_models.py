@@ -282,3 +282,55 @@ def test_saved_gan_loads_in_a_fresh_process(tmp_path: Path) -> None:
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def _layer_types(model: keras.Model) -> set[str]:
+    return {type(layer).__name__ for layer in model.layers}
+
+
+@pytest.mark.parametrize(
+    ("shape", "network", "kind"),
+    [
+        ((8, 8, 1), "auto", "mlp"),  # the digits: small images stay dense
+        ((16, 16, 3), "auto", "conv"),
+        ((18, 14, 3), "auto", "conv"),  # sizes the doublings overshoot are cropped
+        ((8, 8, 1), "conv", "conv"),
+        ((16, 16, 3), "mlp", "mlp"),
+    ],
+)
+def test_gan_network_follows_image_size_or_params(shape, network, kind) -> None:
+    """`network: auto` builds DCGAN convolutions for images larger than 8x8, dense layers for
+    smaller ones; `mlp` and `conv` force either. Samples have the images' shape and range."""
+    spec = DataSpec(shape, "image", "classification", 3)
+    gan = build("gan", spec, network=network, generator_filters=[16, 8])
+    gan.compile(d_optimizer=keras.optimizers.Adam(), g_optimizer=keras.optimizers.Adam())
+    conv = {"Conv2DTranspose", "Conv2D"} <= _layer_types(gan.generator)
+    assert conv == (kind == "conv")
+    assert ("Conv2D" in _layer_types(gan.discriminator)) == (kind == "conv")
+    images = np.random.default_rng(0).uniform(0, 1, size=(N_SAMPLES, *shape)).astype("float32")
+    history = gan.fit(images, batch_size=8, epochs=1, verbose=0).history
+    assert np.isfinite(history["d_loss"][0]) and np.isfinite(history["g_loss"][0])
+    samples = gan.sample(4, seed=1)
+    assert samples.shape == (4, *shape) and ((samples >= 0) & (samples <= 1)).all()
+
+
+def test_conv_gan_round_trips_through_keras_file(tmp_path: Path) -> None:
+    from deepfit.models import gan as gan_module
+
+    gan = build("gan", DataSpec((16, 16, 3), "image", "classification", 3))
+    gan.save(tmp_path / "gan.keras")
+    loaded = keras.saving.load_model(
+        tmp_path / "gan.keras", custom_objects=gan_module.custom_objects()
+    )
+    np.testing.assert_array_equal(loaded.sample(3, seed=9), gan.sample(3, seed=9))
+
+
+def test_gan_activation_list_is_checked_against_the_network_it_names() -> None:
+    config = REGISTRY["gan"].config
+    config(network="conv", generator_filters=[8], activation=["relu", "elu", "elu"])
+    with pytest.raises(ValidationError, match="generator_filters \\+ discriminator_filters"):
+        config(network="conv", activation=["relu"] * 3)
+    with pytest.raises(ValidationError, match="generator_units \\+ discriminator_units"):
+        config(network="mlp", activation=["relu"] * 3)
+    with pytest.raises(ValidationError, match="network"):
+        config(network="dcgan")

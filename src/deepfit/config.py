@@ -384,6 +384,18 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     return parse_params(read_yaml(Path(path)), source=str(path))
 
 
+def _check_scored(runs: dict[str, RunConfig], scorer: ScorerConfig) -> None:
+    """A generative run's samples are scored by the classifier trained on ``scorer.dataset``
+    (features for the Frechet distance, classes for the cover): the run must draw that data."""
+    for name, run in runs.items():
+        if get_spec(run.model).generative and run.dataset != scorer.dataset:
+            raise ConfigError(
+                f"runs.{name}.dataset: {run.dataset!r}, but a {run.model} run is scored by the "
+                f"classifier trained on scorer.dataset ({scorer.dataset!r}); set scorer.dataset: "
+                f"{run.dataset} to score it"
+            )
+
+
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate an already-parsed params mapping."""
     try:
@@ -410,6 +422,7 @@ def _parse(raw: Any) -> Params:
         raise ConfigError(
             f"scorer.dataset: {scorer.dataset!r} is not declared; declared: {', '.join(datasets)}"
         )
+    _check_scored(runs, scorer)
     mlflow = _validate(MlflowConfig, raw.get("mlflow") or {}, "mlflow")
     fit = _validate(FitConfig, raw.get("fit") or {}, "fit")
     studies = _parse_studies(raw.get("studies") or {}, raw["train"], datasets)
