@@ -160,6 +160,30 @@ def pipeline_params() -> dict[str, Any]:
     return params
 
 
+def build_arch(name: str, spec: Any, seed: int = 0, **config: Any) -> Any:
+    """An uncompiled model of architecture ``name`` for data ``spec`` (a ``DataSpec``), its
+    config from ``config`` over the defaults, weights seeded by ``seed``."""
+    import keras
+
+    from deepfit.models import get_spec
+
+    keras.utils.set_random_seed(seed)
+    model_spec = get_spec(name)
+    return model_spec.build(model_spec.config(**config), spec)
+
+
+def compile_for(model: Any, spec: Any) -> None:
+    """Compile with Adam and the loss of ``spec``'s task (a GAN: one Adam per network)."""
+    import keras
+
+    if hasattr(model, "generator"):
+        model.compile(d_optimizer=keras.optimizers.Adam(), g_optimizer=keras.optimizers.Adam())
+    elif spec.task == "classification":
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    else:
+        model.compile(optimizer="adam", loss="mse")
+
+
 def run_epochs(name: str) -> int:
     """The epochs every run of the shared pipeline trains for."""
     return PIX_EPOCHS if name == "pix" else EPOCHS

@@ -15,6 +15,8 @@ from pydantic import ValidationError
 
 from deepfit.models import REGISTRY
 from deepfit.models.base import Activation, DataSpec, ModelSpec
+from helpers import build_arch as build
+from helpers import compile_for
 
 SHAPES = {
     "image": (8, 8, 1),
@@ -91,21 +93,6 @@ def train_cases() -> list[tuple[str, str, str]]:
     ]
 
 
-def build(name: str, spec: DataSpec, seed: int = 0, **config: object) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    model_spec = REGISTRY[name]
-    return model_spec.build(model_spec.config(**config), spec)
-
-
-def compile_for(model: keras.Model, model_spec: ModelSpec, spec: DataSpec) -> None:
-    if model_spec.generative:
-        model.compile(d_optimizer=keras.optimizers.Adam(), g_optimizer=keras.optimizers.Adam())
-    elif spec.task == "classification":
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    else:
-        model.compile(optimizer="adam", loss="mse")
-
-
 def load(path: Path, model_spec: ModelSpec) -> keras.Model:
     custom_objects = model_spec.extra.get("custom_objects", dict)()
     return keras.models.load_model(path, custom_objects=custom_objects)
@@ -140,7 +127,7 @@ def test_trains_one_epoch_and_round_trips_through_keras_file(
     model_spec, spec = REGISTRY[name], data_spec(kind, task)
     x, y = synthetic(spec)
     model = build(name, spec)
-    compile_for(model, model_spec, spec)
+    compile_for(model, spec)
     if model_spec.generative:
         history = model.fit(x, validation_data=(x,), epochs=1, batch_size=16, verbose=0).history
         assert set(history) == {"d_loss", "g_loss", "val_d_loss", "val_g_loss"}
@@ -312,8 +299,9 @@ def test_gan_network_follows_image_size_or_params(shape, network, kind) -> None:
 
 def test_conv_gan_trains_on_images_of_an_odd_size() -> None:
     shape = (18, 14, 3)  # the generator's doublings overshoot to 20x16 and are cropped
-    gan = build("gan", DataSpec(shape, "image", "classification", 3), generator_filters=[16, 8])
-    gan.compile(d_optimizer=keras.optimizers.Adam(), g_optimizer=keras.optimizers.Adam())
+    spec = DataSpec(shape, "image", "classification", 3)
+    gan = build("gan", spec, generator_filters=[16, 8])
+    compile_for(gan, spec)
     images = np.random.default_rng(0).uniform(0, 1, size=(N_SAMPLES, *shape)).astype("float32")
     history = gan.fit(images, batch_size=8, epochs=1, verbose=0).history
     assert np.isfinite(history["d_loss"][0]) and np.isfinite(history["g_loss"][0])

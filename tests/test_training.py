@@ -9,7 +9,7 @@ import pytest
 from deepfit.config import OptimizerConfig
 from deepfit.train.curves import curve_tables
 from deepfit.train.loop import best_epoch, make_optimizer
-from helpers import ROOT
+from helpers import ROOT, build_arch, compile_for
 
 
 @pytest.mark.parametrize(
@@ -132,37 +132,23 @@ def test_gradient_records_keep_forward_layer_order(tmp_path):
     assert read_gradients(tmp_path / "missing.json") == []
 
 
-def _probe_model(name: str, arch: dict):
-    """A small compiled fnn or GAN on 8x8 images, seeded, with batch norm and dropout."""
-    import keras
-
-    from deepfit.models import get_spec
-    from deepfit.models.base import DataSpec
-
-    spec = DataSpec(input_shape=(8, 8, 1), kind="image", task="classification", n_outputs=10)
-    model_spec = get_spec(name)
-    keras.utils.set_random_seed(3)
-    model = model_spec.build(model_spec.config(**arch), spec)
-    if name == "gan":
-        model.compile(d_optimizer="adam", g_optimizer="adam")
-    else:
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    return model
-
-
 def test_gradient_probe_in_chunks_measures_the_whole_sample():
     """The probe feeds its sample a training batch at a time (bounded memory); the norms are
     those of the gradient of the mean loss over the whole sample, uneven last chunk included."""
     import numpy as np
 
+    from deepfit.models.base import DataSpec
     from deepfit.train.gradients import gan_gradient_probe, gradient_probe
 
+    spec = DataSpec(input_shape=(8, 8, 1), kind="image", task="classification", n_outputs=10)
+    fnn = build_arch("fnn", spec, seed=3, units=[32, 16], batch_norm=True, dropout=0.3)
+    gan = build_arch("gan", spec, seed=3, latent_dim=8)
+    for model in (fnn, gan):
+        compile_for(model, spec)
     chunk = 32  # 100 samples: three chunks of 32 and one of 4
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 16, size=(100, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 10, size=100)
-    fnn = _probe_model("fnn", {"units": [32, 16], "batch_norm": True, "dropout": 0.3})
-    gan = _probe_model("gan", {"latent_dim": 8})
     for whole, chunked in (
         (gradient_probe(fnn, x, y), gradient_probe(fnn, x, y, chunk)),
         (gan_gradient_probe(gan, x, 5), gan_gradient_probe(gan, x, 5, chunk)),

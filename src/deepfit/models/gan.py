@@ -58,13 +58,16 @@ class GANConfig(ArchConfig):
 
     @model_validator(mode="after")
     def _one_activation_per_layer(self) -> GANConfig:
-        counts = {kind: self.layer_count(kind) for kind in ("mlp", "conv")}
-        if self.network != "auto" or not isinstance(self.activation, list):
-            kind = "mlp" if self.network == "auto" else self.network
-            check_per_layer(self.activation, counts[kind], self.layer_keys(kind))
-        elif len(self.activation) not in counts.values():  # auto: either network's count
-            check_per_layer(self.activation, counts["mlp"], self.layer_keys("mlp"))
+        # auto: a list may fit either network (the image size decides; building checks again)
+        kinds = ("mlp", "conv") if self.network == "auto" else (self.network,)
+        if not any(self._fits(kind) for kind in kinds):
+            check_per_layer(self.activation, self.layer_count(kinds[0]), self.layer_keys(kinds[0]))
         return self
+
+    def _fits(self, kind: str) -> bool:
+        """One activation name, or one per hidden layer of network ``kind``."""
+        names = self.activation
+        return isinstance(names, str) or len(names) == self.layer_count(kind)
 
     def layer_count(self, kind: str) -> int:
         """Hidden layers of the generator and discriminator together, for network ``kind``."""
