@@ -24,6 +24,9 @@ Words (thresholds are the ``fit:`` keys of params.yaml):
   the rise divided by the validation reference loss. ``rise_epochs`` counts the final epochs
   (consecutive, up to the last) whose smoothed validation loss exceeds the best by more than
   ``noise_multiple`` times the validation noise.
+- *Gap widening*: the smoothed generalisation gap (validation minus training loss) at the last
+  epoch minus at the best epoch: the part of the rise that training loss does not share. Its
+  noise is the two curves' noises added in quadrature.
 
 The verdict is one of ``diverged``, ``overfit``, ``underfit`` or ``good``; the first rule that
 holds wins:
@@ -33,10 +36,11 @@ holds wins:
    training reference loss, after the model had learned (that lowest value has a training skill
    of at least ``underfit_skill``).
 2. ``overfit``: (a) the rise lasts: ``rise_epochs >= min_rise_epochs``, the rise is big:
-   ``rise_skill >= overfit_rise_skill``, and training loss kept learning: its smoothed value at
-   the last epoch is at most its value at the best epoch plus ``noise_multiple`` times the
-   training noise (when both rise, that is optimisation trouble, not overfitting); or (b) the
-   skill gap is ``overfit_gap`` or more.
+   ``rise_skill >= overfit_rise_skill``, the gap widened by more than ``noise_multiple`` times
+   its noise, and training loss kept learning: its smoothed value at the last epoch is at most
+   its value at the best epoch plus ``noise_multiple`` times the training noise (when both
+   rise, that is optimisation trouble, not overfitting; the part of the rise they share is not
+   overfitting either); or (b) the skill gap is ``overfit_gap`` or more.
 3. ``underfit``: training skill below ``underfit_skill``.
 4. ``good``: none of the above.
 
@@ -204,6 +208,8 @@ def _evidence(
         "val_rise": (sv[-1] - sv[best]) / abs(sv[best]) if sv[best] else 0.0,
         "rise_epochs": rise_epochs,
         "train_rise": st[-1] - st[best],
+        "gap_widening": (sv[-1] - st[-1]) - (sv[best] - st[best]),
+        "gap_noise": math.hypot(val_noise, train_noise),
     }
     skills = _skills(e, reference)
     if generative:
@@ -267,7 +273,8 @@ def _rise_reasons(e: Mapping[str, Any], cfg: FitConfig) -> list[str]:
     rise = e["smoothed_val_last"] - e["smoothed_val_best"]
     big = e["rise_skill"] is None or e["rise_skill"] >= cfg.overfit_rise_skill
     kept_learning = e["train_rise"] <= cfg.noise_multiple * e["train_noise"]
-    if e["rise_epochs"] < cfg.min_rise_epochs or not big or not kept_learning:
+    widened = e["gap_widening"] > cfg.noise_multiple * e["gap_noise"]
+    if e["rise_epochs"] < cfg.min_rise_epochs or not big or not kept_learning or not widened:
         return []
     in_skill = "" if e["rise_skill"] is None else f", {e['rise_skill']:.3f} in skill"
     return [
@@ -275,7 +282,8 @@ def _rise_reasons(e: Mapping[str, Any], cfg: FitConfig) -> list[str]:
         f"{cfg.overfit_rise_skill:g}) from {e['smoothed_val_best']:.3g} at its best epoch "
         f"{e['best_epoch']}, staying above {cfg.noise_multiple:g}x its noise {e['val_noise']:.2g} "
         f"for the last {e['rise_epochs']} epochs (limit {cfg.min_rise_epochs}) while training "
-        f"loss kept learning"
+        f"loss kept learning: the gap widened {e['gap_widening']:.3g}, above "
+        f"{cfg.noise_multiple:g}x its noise {e['gap_noise']:.2g}"
     ]
 
 
