@@ -299,7 +299,8 @@ def _good_reason(e: Mapping[str, Any], cfg: FitConfig, generative: bool) -> str:
         f"best epoch {e['best_epoch']} of {e['epochs']}; smoothed validation loss "
         f"{e['smoothed_val_best']:.3g} there, {e['smoothed_val_last']:.3g} at the end (rise "
         f"{rise:.2g}, noise {e['val_noise']:.2g}, {e['rise_epochs']} epochs above "
-        f"{cfg.noise_multiple:g}x noise)"
+        f"{cfg.noise_multiple:g}x noise; gap to training widened {e['gap_widening']:.2g}, "
+        f"noise {e['gap_noise']:.2g})"
     )
     if e["reference_train_loss"] is None:
         return text
