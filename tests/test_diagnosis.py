@@ -639,3 +639,17 @@ def test_cli_help_does_not_import_tensorflow_mlflow_or_matplotlib():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_cli_diagnose_into_a_closed_pipe_writes_the_figure_and_stops_quietly(tmp_path):
+    # `deepfit diagnose ... | head`: here the reader is gone before the first line is printed
+    path = write(tmp_path, "log.csv", CSV_GOOD)
+    figure = tmp_path / "fit.png"
+    cmd = [sys.executable, "-m", "deepfit.cli", "diagnose", str(path), "--figure", str(figure)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+        status = proc.wait(timeout=120)
+    assert figure.stat().st_size > 0
+    assert stderr == ""
+    assert status == 1

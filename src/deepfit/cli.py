@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -35,6 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     _add_promote(commands)
     _add_tune(commands)
     args = cli.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BrokenPipeError:
+        # The reader of stdout went away (`deepfit diagnose ... | head`): stop quietly, and
+        # keep Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "promote":
         return _promote(args)
     if args.command == "server":
@@ -237,15 +248,8 @@ def _diagnose(args: argparse.Namespace) -> int:
         fit = diagnosis.diagnose(history, fit_cfg, reference, generative, _metric(history))
     except (ConfigError, ValueError) as exc:
         _diagnose_error(str(exc))
-    if args.json:
-        print(json.dumps({k: _finite_or_none(v) for k, v in fit.items()}))
-    else:
-        print(f"{args.path}: {fit['verdict']}")
-        print(f"reasons: {fit['reasons']}")
-        for key, value in fit.items():
-            if key not in ("verdict", "reasons"):
-                print(f"  {key}: {_number(value)}")
-    if args.figure:
+    written = None
+    if args.figure:  # first: a reader that stops reading (| head) does not lose it
         try:
             title = (
                 f"{args.path.parent.name}/{args.path.name}"
@@ -255,6 +259,15 @@ def _diagnose(args: argparse.Namespace) -> int:
             written = diagnosis.fit_figure(history, fit, fit_cfg, args.figure, title)
         except OSError as exc:
             _diagnose_error(f"{args.figure}: cannot write the figure ({exc.strerror})")
+    if args.json:
+        print(json.dumps({k: _finite_or_none(v) for k, v in fit.items()}))
+    else:
+        print(f"{args.path}: {fit['verdict']}")
+        print(f"reasons: {fit['reasons']}")
+        for key, value in fit.items():
+            if key not in ("verdict", "reasons"):
+                print(f"  {key}: {_number(value)}")
+    if written is not None:
         print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
