@@ -6,7 +6,7 @@ input pipeline, no MLflow, no pruning), and prints one line per fit. Why H1 (REA
 not met") cannot reach 60 % on digits: pruning saves only the steady epochs.
 
 Usage (from a repository copy with digits prepared, e.g. bench.py's ``tuning_repo``):
-    python benchmarks/trial_cost.py [--search fnn] [--params params.yaml]
+    python benchmarks/trial_cost.py [--search fnn] [--params params.yaml] [--epochs 20]
 """
 
 from __future__ import annotations
