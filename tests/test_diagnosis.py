@@ -113,6 +113,28 @@ def test_gap_is_measured_in_skill_so_a_harder_validation_split_is_not_overfittin
     assert fit["verdict"] == "good"
 
 
+def test_the_training_curve_is_the_one_scored_as_validation_is():
+    # A tuning trial of the default fnn (batch norm, dropout 0.5) after 8 epochs: Keras' running
+    # training loss is far below val_loss, but the training rows scored in inference mode, as
+    # validation is, match it (the moving statistics lag). No gap in generalisation.
+    keras_loss = [1.546, 0.439, 0.275, 0.241, 0.188, 0.165, 0.147, 0.135]
+    val = [1.658, 1.345, 1.138, 0.957, 0.813, 0.681, 0.569, 0.461]
+    scored = [1.658, 1.349, 1.142, 0.954, 0.807, 0.666, 0.549, 0.435]
+    reference = (2.3, 2.3)
+    h = history(keras_loss, val, train_eval_loss=scored, accuracy=[0.9] * 8)
+    h.update(val_accuracy=[0.97] * 8, train_eval_accuracy=[0.98] * 8)
+    fit = diagnose(h, CFG, reference, metric="accuracy")
+    assert fit["train_curve"] == "train_eval_loss" and fit["verdict"] == "good"
+    assert fit["train_loss_last"] == 0.435 and fit["train_accuracy_last"] == 0.98
+    assert fit["skill_gap"] == pytest.approx((1 - 0.435 / 2.3) - (1 - 0.461 / 2.3))
+    # Judged on Keras' running loss alone (a CSVLogger file), the same run looks overfit.
+    alone = diagnose(history(keras_loss, val), CFG, reference)
+    assert alone["train_curve"] == "loss" and alone["verdict"] == "overfit"
+    # A scored curve missing epochs (a run resumed from an older backup) is not used.
+    partial = diagnose(history(keras_loss, val, train_eval_loss=scored[3:]), CFG, reference)
+    assert partial["train_curve"] == "loss"
+
+
 def test_validation_and_training_loss_rising_together_is_not_overfitting():
     # Both turn up after epoch 3 (a noisy optimiser late in training), no U-shape.
     h = history([1.0, 0.5, 0.3, 0.32, 0.35, 0.38], [1.0, 0.6, 0.4, 0.42, 0.46, 0.5])

@@ -78,6 +78,19 @@ def test_run_curves_png(tmp_path):
     _assert_png(path, figures.run_curves_png(history, path, title="fnn"))
 
 
+def test_training_rows_scored_as_validation_share_their_metrics_panel():
+    history = {
+        "loss": [1.0, 0.6],
+        "val_loss": [1.1, 0.7],
+        "train_eval_loss": [1.05, 0.65],
+        "accuracy": [0.5, 0.7],
+        "val_accuracy": [0.45, 0.65],
+        "train_eval_accuracy": [0.5, 0.66],
+        "train_eval_only": [1.0, 2.0],  # no training metric of that name: its own panel
+    }
+    assert figures._metric_names(history) == ["loss", "accuracy", "train_eval_only"]
+
+
 def test_run_curves_png_gan_and_empty(tmp_path):
     gan = {"d_loss": [0.7, 0.6], "g_loss": [0.9, 1.1]}
     _assert_png(tmp_path / "g.png", figures.run_curves_png(gan, tmp_path / "g.png", "gan"))

@@ -106,7 +106,45 @@ def test_train_run_writes_outputs_and_tracks_epochs(tmp_path, monkeypatch):
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    # the training rows scored as validation is: in the history, MLflow and the logs' order
+    history = json.loads((model_dir / "history.json").read_text())
+    assert len(history["train_eval_loss"]) == len(history["train_eval_accuracy"]) == 2
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_eval_loss")] == [1, 2]
     assert run.data.params["arch.units"] == "16"
+
+
+def test_training_eval_scores_rows_as_validation_is_and_never_changes_training():
+    """TrainingEval's values are ``evaluate`` on its rows (inference mode), not Keras' running
+    training loss; with it the same seeded fit gives the same training curve to the bit."""
+    import numpy as np
+
+    from deepfit.models.base import DataSpec
+    from deepfit.train.callbacks import TrainingEval
+    from deepfit.train.loop import eval_rows, fixed_rows
+
+    spec = DataSpec(input_shape=(8, 8, 1), kind="image", task="classification", n_outputs=10)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, size=(300, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=300)
+    sample = fixed_rows((x, y), 64, seed=5)
+    assert len(sample[0]) == 64  # drawn once: the same rows for the same seed
+    np.testing.assert_array_equal(sample[0], fixed_rows((x, y), 64, seed=5)[0])
+    histories = []
+    for scored in (False, True):
+        model = build_arch("fnn", spec, seed=3, units=[32], batch_norm=True, dropout=0.5)
+        compile_for(model, spec)
+        rows = eval_rows(*sample, batch_size=32)
+        callbacks = [TrainingEval(rows)] if scored else []
+        fitted = model.fit(
+            x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=callbacks
+        )
+        histories.append(fitted.history)
+    plain, scored = histories
+    assert scored["loss"] == plain["loss"]
+    assert sorted(k for k in scored if k.startswith("train_eval_")) == ["train_eval_loss"]
+    after = model.evaluate(rows, verbose=0, return_dict=True)["loss"]
+    assert scored["train_eval_loss"][-1] == pytest.approx(after, rel=1e-6)
+    assert abs(scored["train_eval_loss"][-1] - scored["loss"][-1]) > 1e-3  # another measure
 
 
 def test_gradient_records_keep_forward_layer_order(tmp_path):

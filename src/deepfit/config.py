@@ -112,6 +112,9 @@ class TrainConfig(_Strict):
     sample_every: int = Field(10, ge=1)  # GAN and language models: epochs between samples
     text_samples: TextSamplesConfig = TextSamplesConfig()
     gradients: GradientsConfig = GradientsConfig()
+    # Training rows scored after every epoch in inference mode, as validation is: the fit
+    # verdict's training curve (deepfit.train.callbacks.TrainingEval); 0: Keras' running loss.
+    eval_samples: int = Field(256, ge=0, le=65_536)
 
 
 class ScorerConfig(_Strict):

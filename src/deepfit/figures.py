@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
+from deepfit.outputs import TRAIN_EVAL
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -263,10 +265,13 @@ def _mosaic(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
 
 
 def _metric_names(history: Mapping[str, Sequence[float]]) -> list[str]:
-    """Training metric names; a validation-only key still gets its own panel."""
+    """Training metric names; a validation-only key still gets its own panel (the training
+    rows scored as validation is, ``train_eval_*``, are drawn in their metric's panel)."""
     names = []
     for key in history:
         base = key.removeprefix("val_")
+        if base.startswith(TRAIN_EVAL) and base.removeprefix(TRAIN_EVAL) in history:
+            continue
         if base not in NOT_CURVES and base not in names:
             names.append(base)
     return names
@@ -282,7 +287,12 @@ def _loss_names(history: Mapping[str, Sequence[float]]) -> list[str]:
 def _plot_pair(ax: Axes, history: Mapping[str, Sequence[float]], metric: str, color: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    for key, style, label in ((metric, "-", "train"), (f"val_{metric}", "--", "val")):
+    lines = (
+        (metric, "-", "train"),
+        (f"{TRAIN_EVAL}{metric}", ":", "train, scored as val"),
+        (f"val_{metric}", "--", "val"),
+    )
+    for key, style, label in lines:
         values = history.get(key)
         if values is not None and len(values):
             epochs = range(1, len(values) + 1)
@@ -318,7 +328,9 @@ def fit_png(
     epochs = range(1, len(train) + 1)
     fig = new_figure((8.0, 4.6))
     ax = fig.add_subplot()
-    ax.plot(epochs, train, color="tab:blue", label="training loss")
+    scored = str(fit.get("train_curve", "")).startswith(TRAIN_EVAL)
+    label = "training loss, scored as validation" if scored else "training loss"
+    ax.plot(epochs, train, color="tab:blue", label=label)
     ax.plot(epochs, val, color="tab:orange", ls="--", alpha=0.6, label="validation loss")
     ax.plot(epochs, smoothed_val, color="tab:orange", lw=2.2, label="validation, smoothed")
     best, level, noise = fit.get("best_epoch"), fit.get("smoothed_val_best"), fit.get("val_noise")

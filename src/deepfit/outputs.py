@@ -188,6 +188,9 @@ def markdown_table(
 MODEL_FILE = "model.keras"
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.json"
+# History keys of the training rows scored after each epoch as validation is (inference mode):
+# train_eval_loss, train_eval_accuracy, ... (deepfit.train.callbacks.TrainingEval).
+TRAIN_EVAL = "train_eval_"
 GRADIENTS_FILE = "gradients.json"
 
 

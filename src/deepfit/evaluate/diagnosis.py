@@ -3,6 +3,12 @@ per-epoch history rather than from single epochs.
 
 Words (thresholds are the ``fit:`` keys of params.yaml):
 
+- *Training curve*: the loss of ``train.eval_samples`` fixed training rows, scored after every
+  epoch in inference mode as the validation split is (``train_eval_loss``). Keras' own ``loss``
+  is a running mean over the epoch in training mode: batch-norm layers use batch statistics
+  while their moving averages (which validation uses) lag behind early in training, and dropout
+  is on, so set beside ``val_loss`` it shows gaps that are not generalisation. A history without
+  ``train_eval_loss`` (a Keras ``CSVLogger`` file, ``eval_samples: 0``) is judged on ``loss``.
 - *Smoothed* curve: the centred running median over ``w`` epochs; at the ends the window keeps
   its size and shifts inwards (the last ``w // 2 + 1`` epochs all get the median of the last
   ``w`` epochs). ``w`` is ``smoothing``, but at most a quarter of the epochs (made odd; 1, no
@@ -69,6 +75,7 @@ from statistics import median
 from typing import Any
 
 from deepfit.config import FitConfig
+from deepfit.outputs import TRAIN_EVAL
 
 VERDICTS = ("diverged", "overfit", "underfit", "good")
 GAN_REFERENCE_LOSS = 2 * math.log(2)
@@ -142,8 +149,9 @@ def diagnose(
     alone; ``metric`` a further history key (``accuracy``) reported at the best and last epochs.
     """
     monitor = "d_loss" if generative else "loss"
-    train = [float(v) for v in history.get(monitor, [])]
     val = [float(v) for v in history.get(f"val_{monitor}", [])]
+    train_key = training_curve(history, monitor)
+    train = [float(v) for v in history.get(train_key, [])]
     if not train or len(val) != len(train):
         raise ValueError(f"history needs equally long {monitor!r} and 'val_{monitor}' lists")
     if generative:
@@ -156,11 +164,13 @@ def diagnose(
     finite = len(train) if broken is None else broken
     evidence = {
         "epochs": len(train),
+        "train_curve": train_key,
         **_evidence(train[:finite], val[:finite], cfg, reference, generative),
     }
-    if metric and metric in history and f"val_{metric}" in history and finite:
+    train_metric = training_curve(history, metric) if metric else None
+    if metric and train_metric in history and f"val_{metric}" in history and finite:
         best = evidence["best_epoch"] - 1
-        for split, key in (("train", metric), ("val", f"val_{metric}")):
+        for split, key in (("train", train_metric), ("val", f"val_{metric}")):
             evidence[f"{split}_{metric}_best"] = history[key][best]
             evidence[f"{split}_{metric}_last"] = history[key][-1]
     if broken is not None:
@@ -170,6 +180,16 @@ def diagnose(
     if reference is None:
         reasons.append(NO_REFERENCE)
     return {"verdict": verdict, "reasons": "; ".join(reasons), **evidence}
+
+
+def training_curve(history: Mapping[str, Sequence[float]], name: str) -> str:
+    """The history key of the training curve of ``name`` to set beside ``val_<name>``: the fixed
+    training rows scored in inference mode as validation is (``train_eval_<name>``, logged by
+    deepfit's training) when the history has it for every epoch, else Keras' running ``name``."""
+    scored, val = f"{TRAIN_EVAL}{name}", f"val_{name}"
+    if scored in history and val in history and len(history[scored]) == len(history[val]):
+        return scored
+    return name
 
 
 def _evidence(
@@ -321,7 +341,8 @@ def fit_figure(
     from deepfit import figures
 
     monitor = "loss" if "loss" in history else "d_loss"
-    train, val = list(history[monitor]), list(history[f"val_{monitor}"])
+    train = list(history[fit.get("train_curve") or monitor])
+    val = list(history[f"val_{monitor}"])
     window = smoothing_window(len(val), cfg.smoothing)
     finite = [v for v in val if math.isfinite(v)] or [math.nan]
     smoothed = smooth(finite, window) + [math.nan] * (len(val) - len(finite))

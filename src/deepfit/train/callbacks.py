@@ -16,6 +16,8 @@ from typing import Any
 
 import keras
 
+from deepfit.outputs import TRAIN_EVAL
+
 log = logging.getLogger(__name__)
 
 
@@ -117,6 +119,29 @@ class EpochProgress(keras.callbacks.Callback):
         values = " - ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items() if _is_number(v))
         total = self.params.get("epochs", "?") if self.params else "?"
         self._write(f"Epoch {epoch + 1}/{total}: {seconds:.2f} s - {values}")
+
+
+class TrainingEval(keras.callbacks.Callback):
+    """At the end of every epoch, the model's loss and metrics on a fixed sample of training
+    rows, measured as the validation split is (inference mode: dropout off, batch-norm moving
+    statistics), added to the logs as ``train_eval_loss``, ``train_eval_accuracy``, ...
+
+    Keras' own ``loss`` is a running mean over the epoch in training mode. Set beside
+    ``val_loss``, that difference alone can look like a generalisation gap: early in training a
+    batch-norm layer's moving statistics lag behind the batch statistics training uses, and
+    dropout shifts the training loss. The fit verdict compares ``train_eval_loss`` with
+    ``val_loss`` instead. Put it before the callbacks that log or keep the epoch's values.
+    """
+
+    def __init__(self, rows: Any) -> None:
+        super().__init__()
+        self.rows = rows  # a batched tf.data.Dataset of (x, y) training rows
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None:
+            return
+        scores = self.model.evaluate(self.rows, verbose=0, return_dict=True)
+        logs.update({f"{TRAIN_EVAL}{name}": float(value) for name, value in scores.items()})
 
 
 class FirstStep(keras.callbacks.Callback):

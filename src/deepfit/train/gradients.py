@@ -28,15 +28,13 @@ def gradient_callback(
     logged to the active MLflow run as ``grad_norm.<layer>`` (step = epoch)."""
     if not cfg.gradients.enabled:
         return None
-    import numpy as np
+    from deepfit.train.loop import fixed_rows
 
-    x, y = data.train
-    n = min(cfg.gradients.samples, len(x))
-    pick = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
+    x, y = fixed_rows(data.train, cfg.gradients.samples, seed)
     if generative:
-        probe = gan_gradient_probe(model, x[pick], seed, cfg.batch_size)
+        probe = gan_gradient_probe(model, x, seed, cfg.batch_size)
     else:
-        probe = gradient_probe(model, x[pick], y[pick], cfg.batch_size)
+        probe = gradient_probe(model, x, y, cfg.batch_size)
     return GradientNorms(probe, _log_norms)
 
 

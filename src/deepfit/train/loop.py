@@ -169,6 +169,23 @@ def streamed_batches(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def fixed_rows(split: tuple, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` rows of a split (all if it has fewer), drawn once with ``seed``, in order."""
+    import numpy as np
+
+    x, y = split
+    n = min(size, len(x))
+    pick = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
+    return np.asarray(x[pick]), np.asarray(y[pick])
+
+
+def eval_rows(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """Fixed rows as batches for ``evaluate``, built once (no new input pipeline per epoch)."""
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+
+
 def fit(
     model: keras.Model,
     data: Prepared,
@@ -177,10 +194,18 @@ def fit(
     generative: bool,
     seed: int,
 ) -> dict[str, list[float]]:
-    """Run ``model.fit`` with one progress line per epoch; return the per-epoch history."""
-    from deepfit.train.callbacks import EpochProgress
+    """Run ``model.fit`` with one progress line per epoch; return the per-epoch history.
+
+    A supervised model is also scored after every epoch on ``train.eval_samples`` fixed training
+    rows in inference mode (``train_eval_*`` in the history): the fit verdict's training curve.
+    """
+    from deepfit.train.callbacks import EpochProgress, TrainingEval
 
     train, val = input_pipeline(data, cfg.batch_size, seed, generative)
+    if not generative and cfg.eval_samples:
+        # First, so that every later callback (MLflow, backups, progress) sees its values.
+        rows = eval_rows(*fixed_rows(data.train, cfg.eval_samples, seed), cfg.batch_size)
+        callbacks = [TrainingEval(rows), *callbacks]
     history = model.fit(
         train,
         validation_data=val,
