@@ -11,7 +11,7 @@ import math
 import os
 import textwrap
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -146,7 +146,7 @@ def run_curves_png(
         empty_panel(axes[0], "no curves recorded")
     for ax in axes[len(metrics) or 1 :]:
         ax.set_visible(False)
-    fig.suptitle(f"{title}: learning curves (training solid, validation dashed)")
+    fig.suptitle(f"{title}: learning curves ({_line_styles([history])})")
     return save_png(fig, path)
 
 
@@ -173,8 +173,14 @@ def learning_curves_png(
         empty_panel(axes[0], "no runs")
     for ax in axes[len(names) or 1 :]:
         ax.set_visible(False)
-    fig.suptitle(f"{title} (training solid, validation dashed)")
+    fig.suptitle(f"{title} ({_line_styles(histories.values())})")
     return save_png(fig, path)
+
+
+def _line_styles(histories: Iterable[Mapping[str, Sequence[float]]]) -> str:
+    scored = any(key.startswith(TRAIN_EVAL) for history in histories for key in history)
+    extra = ", training rows scored as validation dotted" if scored else ""
+    return f"training solid{extra}, validation dashed"
 
 
 # --- helpers --------------------------------------------------------------------------------
