@@ -147,6 +147,61 @@ def test_trains_one_epoch_and_round_trips_through_keras_file(
         np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
 
 
+def fit_compiled_by_deepfit(
+    name: str, kind: str, task: str, count: list | None = None
+) -> keras.Model:
+    """The model of ``name`` compiled by the training loop's ``compile_model`` and fitted for
+    two epochs; each trace of its training step appends to ``count``."""
+    from deepfit.config import TrainConfig
+    from deepfit.train.loop import compile_model
+
+    model_spec, spec = REGISTRY[name], data_spec(kind, task)
+    x, y = synthetic(spec)
+    model = build(name, spec)
+    cfg = TrainConfig(epochs=2, batch_size=16)
+    compile_model(model, spec, cfg, steps_per_epoch=2, generative=model_spec.generative)
+    if count is not None:
+        step = model.train_step
+
+        def counted(data: typing.Any) -> typing.Any:
+            count.append(1)  # Python code of a compiled step runs only while it is traced
+            return step(data)
+
+        model.train_step = counted
+    inputs = (x,) if model_spec.generative else (x, y)
+    model.fit(*inputs, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize(("name", "kind", "task"), train_cases())
+def test_the_training_step_is_traced_once(name: str, kind: str, task: str) -> None:
+    """compile_model creates the optimizer's variables before fit; created inside the first
+    trace, they make TensorFlow trace the whole step a second time."""
+    traces: list = []
+    fit_compiled_by_deepfit(name, kind, task, traces)
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "task"),
+    [
+        ("fnn", "image", "classification"),
+        ("lstm", "sequence", "regression"),
+        ("gan", "image", "classification"),
+    ],
+)
+def test_variables_made_before_fit_train_the_same_weights(
+    name: str, kind: str, task: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deepfit.train.loop as loop
+
+    early = fit_compiled_by_deepfit(name, kind, task)
+    monkeypatch.setattr(loop, "build_training_state", lambda model, generative: None)
+    lazy = fit_compiled_by_deepfit(name, kind, task)  # Keras makes them in the first step
+    for a, b in zip(early.weights, lazy.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_same_seed_same_weights_other_seed_other_weights(name: str) -> None:
     model_spec = REGISTRY[name]

@@ -28,7 +28,7 @@ def train_scorer(cfg: ScorerConfig, data: Prepared, out_dir: Path) -> dict[str, 
     import numpy as np
 
     from deepfit.train.callbacks import EpochProgress
-    from deepfit.train.loop import input_pipeline
+    from deepfit.train.loop import build_training_state, input_pipeline
 
     spec = get_spec("cnn")
     keras.utils.set_random_seed(cfg.seed)
@@ -36,9 +36,10 @@ def train_scorer(cfg: ScorerConfig, data: Prepared, out_dir: Path) -> dict[str, 
     model.compile(
         optimizer="adam",
         loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         steps_per_execution=cfg.steps_per_execution,
     )
+    build_training_state(model, generative=False)  # one trace of the training step, not two
     stop = keras.callbacks.EarlyStopping(patience=8, restore_best_weights=True)
     train, val = input_pipeline(data, cfg.batch_size, cfg.seed, generative=False)
     model.fit(
