@@ -91,8 +91,8 @@ def build_training_state(model: keras.Model, generative: bool) -> None:
 
     Without a distribution strategy Keras creates them inside the first trace of the training
     step, and a ``tf.function`` that created variables is traced a second time before it runs:
-    two traces of every training graph, about 0.2 s for the FNN and a second or more for the
-    recurrent models. They are zeros either way, so the training is the same.
+    two traces of every training graph (README, "Benchmarks", has what one saves). They are
+    zeros either way, so the training is the same.
     """
     if generative:
         model.build_optimizers()
