@@ -170,6 +170,79 @@ def test_gradient_records_keep_forward_layer_order(tmp_path):
     assert read_gradients(tmp_path / "missing.json") == []
 
 
+@pytest.mark.parametrize("name", ["fnn", "gan"])
+def test_gradient_norms_warm_the_probe_up_in_a_thread_and_measure_the_same(name):
+    """GradientNorms builds and runs its probe once in a thread while the first epoch trains
+    (the result unused); the records are those of a probe built in line, to the bit, and the
+    training is the same."""
+    import threading
+
+    import keras
+    import numpy as np
+
+    from deepfit.models.base import DataSpec
+    from deepfit.train.callbacks import GradientNorms
+    from deepfit.train.gradients import gan_gradient_probe, gradient_probe
+
+    spec = DataSpec(input_shape=(8, 8, 1), kind="image", task="classification", n_outputs=10)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, size=(256, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=256)
+    fits, warmed_up_in = [], []
+    for warm in (False, True):
+        keras.utils.set_random_seed(1)
+        model = build_arch(name, spec, seed=3, **({"dropout": 0.3} if name == "fnn" else {}))
+        compile_for(model, spec)
+        if name == "gan":
+            probe = gan_gradient_probe(model, x[:64], seed=5, chunk=32)
+        else:
+            probe = gradient_probe(model, x[:64], y[:64], chunk=32)
+        if warm:
+            build = probe.warm_up
+
+            def warm_up(build=build):
+                warmed_up_in.append(threading.current_thread().name)
+                build()
+
+            probe.warm_up = warm_up
+        else:
+            del probe.warm_up
+        callback = GradientNorms(probe)
+        inputs = (x,) if name == "gan" else (x, y)
+        model.fit(*inputs, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[callback])
+        fits.append((callback.records, [keras.ops.convert_to_numpy(w) for w in model.weights]))
+    (in_line, weights), (warmed, warmed_weights) = fits
+    assert warmed_up_in == ["gradient-probe-warm-up"]
+    assert len(warmed) == 2
+    assert warmed == in_line
+    for a, b in zip(weights, warmed_weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_probe_that_fails_to_warm_up_fails_the_fit():
+    """An error in the warm-up thread is raised in training at the first epoch's end."""
+    import numpy as np
+
+    from deepfit.models.base import DataSpec
+    from deepfit.train.callbacks import GradientNorms
+
+    def probe():
+        return {"dense": 1.0}
+
+    def warm_up():
+        raise ValueError("the probe's graph cannot be built")
+
+    probe.warm_up = warm_up
+    spec = DataSpec(input_shape=(8, 8, 1), kind="image", task="classification", n_outputs=10)
+    model = build_arch("fnn", spec, seed=3, units=[8])
+    compile_for(model, spec)
+    x = np.zeros((32, 8, 8, 1), "float32")
+    callback = GradientNorms(probe)
+    with pytest.raises(ValueError, match="cannot be built"):
+        model.fit(x, np.zeros(32, "int64"), epochs=2, verbose=0, callbacks=[callback])
+    assert callback.records == []
+
+
 def test_gradient_probe_in_chunks_measures_the_whole_sample():
     """The probe feeds its sample a training batch at a time (bounded memory); the norms are
     those of the gradient of the mean loss over the whole sample, uneven last chunk included."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -209,6 +210,12 @@ class GradientNorms(keras.callbacks.Callback):
     inference mode: dropout draws no random numbers, so measuring never changes the training.
     ``records`` holds one ``{layer: norm}`` per epoch, layers in forward order; each epoch is
     also passed to ``on_record(norms, epoch)`` (the training code logs it to MLflow).
+
+    A probe with a ``warm_up()`` (deepfit's are ``tf.function``s) is built and run once in a
+    thread while the first epoch trains, its result unused: building and optimising the graph
+    takes 0.1 to 4 seconds, mostly Python, and the training steps release the interpreter while
+    TensorFlow computes. The first epoch's end waits for the thread; the probe only reads the
+    weights, and the norms are those of the same graph built in line.
     """
 
     def __init__(
@@ -221,6 +228,32 @@ class GradientNorms(keras.callbacks.Callback):
         self.on_record = on_record
         self.records: list[dict[str, float]] = []
         self.layers: list[str] = list(getattr(probe, "layers", []))  # forward order
+        self._warming: threading.Thread | None = None
+        self._warm_up_error: BaseException | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        warm_up = getattr(self.probe, "warm_up", None)
+        if warm_up is None or self._warming is not None:
+            return
+
+        def build() -> None:
+            try:
+                warm_up()
+            except BaseException as error:  # raised in the training thread at the epoch's end
+                self._warm_up_error = error
+
+        self._warming = threading.Thread(target=build, name="gradient-probe-warm-up", daemon=True)
+        self._warming.start()
+
+    def _warmed_up(self) -> None:
+        if self._warming is not None:
+            self._warming.join()
+        if self._warm_up_error is not None:
+            error, self._warm_up_error = self._warm_up_error, None
+            raise error
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._warmed_up()
 
     def ordered_records(self) -> list[dict[str, float]]:
         """``records`` with every epoch's layers in forward order (a resume may reorder keys)."""
@@ -229,6 +262,7 @@ class GradientNorms(keras.callbacks.Callback):
         return [{name: r[name] for name in self.layers} for r in self.records]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._warmed_up()
         norms = self.probe()
         self.records.append(norms)
         if self.on_record is not None:

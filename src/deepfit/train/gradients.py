@@ -134,11 +134,14 @@ def _mean_gradient(
     return [t / n for t in total]
 
 
-def _named_probe(groups: list[tuple[str, list]], squared_norms: Callable[[], list]):
+def _named_probe(groups: list[tuple[str, list]], squared_norms: Any):
     def probe() -> dict[str, float]:
         return _as_norms(groups, squared_norms())
 
     probe.layers = [name for name, _ in groups]  # type: ignore[attr-defined]
+    # Builds the graph and runs it once (TensorFlow optimises a graph at its first run), result
+    # unused: GradientNorms does it in a thread while training. No arguments: later calls reuse it.
+    probe.warm_up = squared_norms  # type: ignore[attr-defined]
     return probe
 
 
