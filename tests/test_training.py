@@ -186,17 +186,17 @@ def test_gradient_norms_warm_the_probe_up_in_a_thread_and_measure_the_same(name)
 
     spec = DataSpec(input_shape=(8, 8, 1), kind="image", task="classification", n_outputs=10)
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, size=(256, 8, 8, 1)).astype("float32")
-    y = rng.integers(0, 10, size=256)
+    x = rng.uniform(0, 1, size=(64, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=64)
     fits, warmed_up_in = [], []
     for warm in (False, True):
         keras.utils.set_random_seed(1)
         model = build_arch(name, spec, seed=3, **({"dropout": 0.3} if name == "fnn" else {}))
         compile_for(model, spec)
         if name == "gan":
-            probe = gan_gradient_probe(model, x[:64], seed=5, chunk=32)
+            probe = gan_gradient_probe(model, x, seed=5, chunk=32)
         else:
-            probe = gradient_probe(model, x[:64], y[:64], chunk=32)
+            probe = gradient_probe(model, x, y, chunk=32)
         if warm:
             build = probe.warm_up
 
