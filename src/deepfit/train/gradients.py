@@ -134,7 +134,7 @@ def _mean_gradient(
     return [t / n for t in total]
 
 
-def _named_probe(groups: list[tuple[str, list]], squared_norms: Any):
+def _named_probe(groups: list[tuple[str, list]], squared_norms: Callable[[], list]):
     def probe() -> dict[str, float]:
         return _as_norms(groups, squared_norms())
 
