@@ -30,8 +30,9 @@ class RawRowsModel(PythonModel):
         self.columns = context.model_config["columns"]
         self.outputs = context.model_config["outputs"]
 
-    # No type hints: MLflow would read them as the model's input schema (the signature is set).
-    def predict(self, context, model_input, params=None):
+    # MLflow hands a DataFrame in (the logged signature converts lists and Series). It infers
+    # no schema from this hint, and without a hint it warns at every load.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         frame = pd.DataFrame(model_input)
         named = [c["name"] for c in self.columns if c["name"] is not None]
         absent = [name for name in named if name not in frame.columns]
