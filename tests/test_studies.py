@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 
 import pytest
 
@@ -25,7 +26,7 @@ def error_of(raw: dict) -> str:
 
 def test_default_studies_resolve_variants_over_their_base():
     params = load_params(ROOT / "params.yaml")
-    assert set(params.studies) == {"capacity", "regularisation", "activation"}
+    assert set(params.studies) == {"capacity", "regularisation", "activation", "sequence_length"}
     capacity = params.study("capacity")
     widths = [v.arch.units for v in capacity.variants.values()]
     assert widths == sorted(widths, key=lambda u: u[0]) and len(widths) >= 5
@@ -39,6 +40,9 @@ def test_default_studies_resolve_variants_over_their_base():
     activations = {v.arch.activation for v in params.study("activation").variants.values()}
     assert {"relu", "sigmoid", "tanh"} <= activations
     assert params.fit.overfit_rise_skill == 0.002 and params.fit.smoothing == 5
+    sequence = params.study("sequence_length")
+    assert [v.model for v in sequence.variants.values()] == ["rnn", "lstm"]
+    assert sequence.lengths == (16, 64, 256) and sequence.dataset == "python_docs"
 
 
 @pytest.mark.parametrize(
@@ -67,6 +71,67 @@ def test_default_studies_resolve_variants_over_their_base():
 def test_bad_study_params_name_the_key(raw, edit, expected):
     edit(raw["studies"]["capacity"])
     assert expected in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda s: s.pop("lengths"), "studies.sequence_length.lengths: expected two or more"),
+        (lambda s: s.update(lengths=[64]), "studies.sequence_length.lengths: expected two or more"),
+        (lambda s: s.update(lengths=[64, 16]), "studies.sequence_length.lengths: expected two"),
+        (lambda s: s.update(lengths=[1, 16]), "studies.sequence_length.lengths: expected two"),
+        (lambda s: s.update(lengths="16"), "studies.sequence_length.lengths: expected two"),
+        (
+            lambda s: s["variants"].update(lstm={"model": "fnn"}),
+            "studies.sequence_length.variants.lstm.model: a sequence_length study compares rnn,"
+            " lstm (got 'fnn')",
+        ),
+        (
+            lambda s: s["variants"].update(lstm={"dataset": "digits"}),
+            "studies.sequence_length.variants.lstm: a variant keeps the base dataset",
+        ),
+        (
+            lambda s: s["base"].update(model="fnn"),
+            "studies.sequence_length.base: model 'fnn' needs image or sequence or text or vector",
+        ),
+        (
+            lambda s: s["base"].update(dataset="sunspots"),
+            "studies.sequence_length.base.dataset: a sequence_length study needs a character "
+            "corpus (source: text), but 'sunspots' is source: sunspots",
+        ),
+    ],
+)
+def test_bad_sequence_length_study_params_name_the_key(raw, edit, expected):
+    edit(raw["studies"]["sequence_length"])
+    assert expected in error_of(raw)
+
+
+def test_lengths_belong_to_sequence_length_studies_only(raw):
+    raw["studies"]["capacity"]["lengths"] = [16, 64]
+    assert "studies.capacity.lengths: only a sequence_length study has lengths" in error_of(raw)
+    raw["studies"]["capacity"].pop("lengths")
+    raw["studies"]["capacity"]["variants"]["width_1"]["model"] = "cnn"
+    assert "width_1: a variant keeps the base model and dataset" in error_of(raw)
+
+
+def test_corpus_windows_are_cut_again_at_any_length():
+    import numpy as np
+
+    from deepfit.data import DataError
+    from deepfit.data.text import windows
+    from deepfit.study.run import corpus_ids, through_time_windows
+
+    ids = np.random.default_rng(0).integers(1, 50, size=1001).astype(np.uint8)
+    cut = windows(ids, 64)  # as prepare stores a split: 15 windows, the tail dropped
+    split = (cut["x"], cut["y"])
+    assert np.array_equal(corpus_ids(split), ids[: 15 * 64 + 1])
+    by_length = through_time_windows(split, (16, 200))
+    assert by_length[16][0].shape == (60, 16) and by_length[200][0].shape == (4, 200)
+    assert np.array_equal(by_length[16][1][:, :-1], by_length[16][0][:, 1:])
+    with pytest.raises(DataError, match="lengths: 2000 characters is longer than the validation"):
+        through_time_windows(split, (16, 2000))
+    with pytest.raises(DataError, match="not consecutive"):
+        corpus_ids((cut["x"][::-1], cut["y"][::-1]))
 
 
 def test_bad_fit_thresholds_name_the_key(raw):
@@ -180,3 +245,56 @@ def test_train_size_larger_than_the_data_is_a_one_line_error(raw):
 
     with pytest.raises(DataError, match="train_size: 10 is larger than the training split"):
         subsample(Data(), 10, 0)
+
+
+def test_tiny_sequence_length_study_measures_the_reach_of_each_model(tmp_path, monkeypatch):
+    """A real sequence_length study on the corpus' first 20,000 characters: both recurrent
+    models trained, the gradient's reach measured at each window length, tracked in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from deepfit.data import DataError, load_prepared, prepare_dataset
+    from deepfit.study.run import StudyOutputs, run_study
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    raw = read_yaml(ROOT / "params.yaml")
+    raw["datasets"]["python_docs"]["max_characters"] = 20_000
+    study = raw["studies"]["sequence_length"]
+    study.update(lengths=[8, 64], train_size=2_000)
+    study["base"].update(embedding=8, units=[8])
+    study["base"]["train"]["epochs"] = 1
+    params = parse_params(raw)
+    prepare_dataset(
+        "python_docs", params.dataset("python_docs"), 0, tmp_path / "prepared", tmp_path / "raw"
+    )
+    data = load_prepared(tmp_path / "prepared")
+    out = StudyOutputs.for_study("sequence_length", tmp_path)
+    points = run_study(params.study("sequence_length"), params, data, out)
+
+    assert [(p["variant"], p["model"]) for p in points] == [("rnn", "rnn"), ("lstm", "lstm")]
+    for p in points:
+        assert 0 <= p["reach_64"] < p["reach_8"] <= 1  # less gradient reaches further back
+    with out.csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["reach_64"]) for r in rows] == [p["reach_64"] for p in points]
+    table = out.table.read_text()
+    assert "| variant | model | parameters |" in table and "| reach, 64 chars |" in table
+    assert out.figure.stat().st_size > 10_000
+    norms = json.loads((out.runs_dir / "rnn" / "gradients_through_time.json").read_text())
+    assert sorted(norms) == ["64", "8"] and len(norms["64"]) == 64
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("deepfit").experiment_id],
+        filter_string="tags.`deepfit.study` = 'sequence_length'",
+    )
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(children) == ["sequence_length/lstm", "sequence_length/rnn"]
+    lstm = children["sequence_length/lstm"]
+    assert lstm.data.params["model"] == "lstm"
+    assert lstm.data.metrics["gradient_reach.64"] == points[1]["reach_64"]
+
+    study["train_size"] = 10**6
+    with pytest.raises(DataError, match=r"studies\.sequence_length\.train_size: 1000000 is"):
+        run_study(parse_params(raw).study("sequence_length"), params, data, out)

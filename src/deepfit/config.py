@@ -177,8 +177,11 @@ BASELINE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
 BaselineGrids = dict[str, dict[str, dict[str, list[Any]]]]
 
 
-StudyKind = Literal["capacity", "regularisation", "activation"]
-_STUDY_KEYS = ("kind", "train_size", "base", "variants")
+StudyKind = Literal["capacity", "regularisation", "activation", "sequence_length"]
+_STUDY_KEYS = ("kind", "train_size", "lengths", "base", "variants")
+# A sequence_length study compares recurrent cells on a character corpus: its variants may set
+# one of these models (the other kinds keep the base's model).
+RECURRENT_MODELS = ("rnn", "lstm")
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,8 @@ class StudyConfig:
     kind: StudyKind
     base: RunConfig
     variants: dict[str, RunConfig]
-    train_size: int | None = None  # train on this many training samples (provokes overfitting)
+    train_size: int | None = None  # training samples (sequence_length: characters) to train on
+    lengths: tuple[int, ...] = ()  # sequence_length: the window lengths every variant trains on
 
     @property
     def dataset(self) -> str:
@@ -515,12 +519,15 @@ def _parse_study(
         raise ConfigError(
             f"{where}.train_size: expected an integer >= 2 or null (got {train_size!r})"
         )
+    lengths = _study_lengths(body.get("lengths"), kind, where)
     base_raw = body.get("base")
     _expect_mapping(base_raw, f"{where}.base")
     model = base_raw.get("model")
     if model in REGISTRY and get_spec(model).generative:
         raise ConfigError(f"{where}.base.model: studies compare supervised models, not {model!r}")
     base = _parse_run(name, base_raw, train_raw, datasets, where=f"{where}.base")
+    if kind == "sequence_length":
+        _check_sequence_study(base, datasets, where)
     variants_raw = body.get("variants")
     _expect_mapping(variants_raw, f"{where}.variants")
     if len(variants_raw) < 2:
@@ -530,11 +537,53 @@ def _parse_study(
         vwhere = f"{where}.variants.{variant}"
         _check_name(variant, f"{where}.variants")
         _expect_mapping(override, vwhere)
-        if {"model", "dataset"} & set(override):
-            raise ConfigError(f"{vwhere}: a variant keeps the base model and dataset")
+        kept = ("dataset",) if kind == "sequence_length" else ("model", "dataset")
+        if set(kept) & set(override):
+            raise ConfigError(f"{vwhere}: a variant keeps the base {' and '.join(kept)}")
+        if kind == "sequence_length" and override.get("model", model) not in RECURRENT_MODELS:
+            raise ConfigError(
+                f"{vwhere}.model: a sequence_length study compares {', '.join(RECURRENT_MODELS)}"
+                f" (got {override['model']!r})"
+            )
         merged = deep_merge(base_raw, override)
         variants[variant] = _parse_run(variant, merged, train_raw, datasets, where=vwhere)
-    return StudyConfig(name, kind, base, variants, train_size)
+    return StudyConfig(name, kind, base, variants, train_size, lengths)
+
+
+def _study_lengths(raw: Any, kind: str, where: str) -> tuple[int, ...]:
+    """A sequence_length study's window lengths: two or more, increasing, each >= 2."""
+    if kind != "sequence_length":
+        if raw is not None:
+            raise ConfigError(f"{where}.lengths: only a sequence_length study has lengths")
+        return ()
+    if (
+        not isinstance(raw, list)
+        or len(raw) < 2
+        or any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in raw)
+        or raw != sorted(set(raw))
+    ):
+        raise ConfigError(
+            f"{where}.lengths: expected two or more increasing window lengths >= 2 "
+            f"(characters), e.g. [16, 64, 256] (got {raw!r})"
+        )
+    return tuple(raw)
+
+
+def _check_sequence_study(
+    base: RunConfig, datasets: Mapping[str, DatasetConfig], where: str
+) -> None:
+    """A sequence_length study trains recurrent language models on a character corpus."""
+    if base.model not in RECURRENT_MODELS:
+        raise ConfigError(
+            f"{where}.base.model: a sequence_length study compares "
+            f"{', '.join(RECURRENT_MODELS)} (got {base.model!r})"
+        )
+    source = getattr(datasets[base.dataset], "source", None)
+    if source != "text":
+        raise ConfigError(
+            f"{where}.base.dataset: a sequence_length study needs a character corpus "
+            f"(source: text), but {base.dataset!r} is source: {source}"
+        )
 
 
 def _parse_tuning(

@@ -77,6 +77,11 @@ from typing import Any
 from deepfit.config import FitConfig
 from deepfit.outputs import TRAIN_EVAL
 
+# A recurrent network's gradient through time vanished when its reach (the norm at a window's
+# first position over that at its last) is below float32's resolution, 2**-23: what the first
+# character adds to the weights' gradient is lost in rounding beside what the last one adds.
+VANISHED_REACH = 2.0**-23
+
 VERDICTS = ("diverged", "overfit", "underfit", "good")
 GAN_REFERENCE_LOSS = 2 * math.log(2)
 # Median absolute second difference of white noise with standard deviation 1.

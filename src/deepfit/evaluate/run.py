@@ -50,8 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GAN_SAMPLES = 1000
-# Test windows the gradients through time of a language model are averaged over.
-GRADIENT_WINDOWS = 256
 
 
 @dataclass(frozen=True)
@@ -283,13 +281,12 @@ def _language_model(run, params, model, data, where: Where, found) -> Scored:
 def _gradient_reach(model, data: Prepared, plots_dir: Path) -> float:
     """Gradients through time on the first test windows (plot data: norm by distance back);
     returns the norm at the window's first position over the norm at its last."""
-    from deepfit.train.gradients import gradients_through_time
+    from deepfit.train.gradients import gradients_through_time, reach_of
 
-    x_test, y_test = data.test
-    norms = gradients_through_time(model, x_test[:GRADIENT_WINDOWS], y_test[:GRADIENT_WINDOWS])
+    norms = gradients_through_time(model, *data.test)
     rows = enumerate(norms)
     write_text(plots_dir / "gradients_through_time.csv", csv_text(["distance", "norm"], rows))
-    return norms[-1] / norms[0] if norms[0] > 0 else 0.0
+    return reach_of(norms)
 
 
 def _translation(run, params, model, data, where: Where, found) -> Scored:

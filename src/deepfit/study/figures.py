@@ -1,12 +1,14 @@
-"""A study's figure: capacity curves, regularisation gaps, or activation gradient flow."""
+"""A study's figure: capacity curves, regularisation gaps, activation gradient flow, or how far
+back a recurrent network's gradient reaches."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from deepfit.evaluate.diagnosis import VANISHED_REACH
 from deepfit.figures import colors, empty_panel, new_figure, save_png
 
 if TYPE_CHECKING:
@@ -28,16 +30,22 @@ def study_png(
     gradients: Mapping[str, Sequence[Mapping[str, float]]],
     path: str | os.PathLike[str],
     title: str,
+    through_time: Mapping[str, Mapping[int, Sequence[float]]] | None = None,
 ) -> Path:
-    """A study's figure: capacity curves, regularisation gaps, or activation gradient flow.
+    """A study's figure: capacity curves, regularisation gaps, activation gradient flow, or the
+    gradient's reach back through time by window length.
 
-    Every kind has the variants' loss curves overlaid on the left (training solid, validation
-    dashed) and, on the right, what the study is about; verdicts colour the markers and labels.
+    Every kind but capacity and sequence_length has the variants' loss curves overlaid on the
+    left (training solid, validation dashed) and, on the right, what the study is about;
+    verdicts colour the markers and labels.
     """
     fig = new_figure((12, 4.6))
     left, right = fig.subplots(1, 2)
     if kind == "capacity":
         _capacity(left, right, points)
+    elif kind == "sequence_length":
+        _reach_by_length(left, points)
+        _through_time(right, through_time or {})
     else:
         _curves_overlay(left, histories)
         if kind == "regularisation":
@@ -144,5 +152,38 @@ def _layer_profiles(ax: Axes, records: Mapping[str, Sequence[Mapping[str, float]
     ax.set_yscale("log")
     ax.set_ylabel("gradient norm after epoch 1 (log scale)")
     ax.set_title("gradient flow: input layer on the left")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+
+
+def _reach_by_length(ax: Axes, points: Sequence[Mapping[str, Any]]) -> None:
+    """Gradient reach (log scale) against window length, one line per variant."""
+    for p, color in zip(points, colors() * 3, strict=False):
+        lengths = sorted(int(k.removeprefix("reach_")) for k in p if k.startswith("reach_"))
+        reach = [max(float(p[f"reach_{n}"]), 1e-30) for n in lengths]
+        label = (
+            str(p["variant"]) if p["variant"] == p["model"] else f"{p['variant']} ({p['model']})"
+        )
+        ax.plot(lengths, reach, "o-", color=color, label=label)
+    ax.axhline(VANISHED_REACH, color="0.5", ls=":", label="float32 resolution")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("window length (characters, log scale)")
+    ax.set_ylabel("gradient reach: first / last position (log; 0 at 1e-30)")
+    ax.set_title("how much gradient reaches a window's first character")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+
+
+def _through_time(ax: Axes, norms: Mapping[str, Mapping[int, Sequence[float]]]) -> None:
+    """Gradient norm by distance back from the last position, in the longest windows."""
+    longest = max((n for by_length in norms.values() for n in by_length), default=0)
+    for (name, by_length), color in zip(norms.items(), colors() * 3, strict=False):
+        values = by_length.get(longest, [])
+        ax.plot(range(len(values)), [max(v, 1e-30) for v in values], color=color, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("distance back from the last position (characters)")
+    ax.set_ylabel("mean gradient norm (log scale; 0 at 1e-30)")
+    ax.set_title(f"gradients through time, windows of {longest} characters")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

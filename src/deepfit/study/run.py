@@ -12,7 +12,9 @@ one child run per variant.
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,13 +99,19 @@ def run_study(
 ) -> list[dict[str, Any]]:
     """Train every variant, judge its fit, and write the study's table, figure and MLflow runs."""
     try:
-        data = subsample(data, study.train_size, params.seeds.split)
+        if study.lengths:
+            probes = through_time_windows(data.val, study.lengths)
+            data = first_characters(data, study.train_size)
+        else:
+            probes = {}
+            data = subsample(data, study.train_size, params.seeds.split)
     except DataError as exc:
         raise DataError(f"studies.{study.name}.{exc}") from None
-    reference = diagnosis.reference_losses(data.train[1], data.val[1], data.spec.task)
     metric = "accuracy" if data.spec.task == "classification" else None
     flat = {"study.kind": study.kind, "study.train_size": study.train_size or len(data.train[0])}
-    points, histories, gradients = [], {}, {}
+    if study.lengths:
+        flat["study.lengths"] = list(study.lengths)
+    points, histories, gradients, through_time = [], {}, {}, {}
     with (
         tracking.start_run(
             study.base,
@@ -118,21 +126,71 @@ def run_study(
 
         for i, (name, run) in enumerate(study.variants.items(), start=1):
             log.info("%s: variant %d/%d: %s", study.name, i, len(study.variants), name)
-            point, history, records = _variant(study, name, run, params, data, reference, metric)
+            point, history, records, norms = _variant(
+                study, name, run, params, data, metric, probes
+            )
             points.append(point)
             histories[name] = history
             gradients[name] = records
             write_json(runs_dir / name / HISTORY_FILE, history)
             if records:
                 write_gradients(runs_dir / name / "gradients.json", records)
+            if norms:
+                through_time[name] = norms
+                write_json(runs_dir / name / "gradients_through_time.json", norms)
         table = markdown_table(study, points)
         write_text(out.csv, csv_table(points))
         write_text(out.table, table)
-        study_png(study.kind, points, histories, gradients, out.figure, study.name)
+        study_png(study.kind, points, histories, gradients, out.figure, study.name, through_time)
         mlflow.log_artifact(str(out.table), artifact_path="study")
         mlflow.log_artifact(str(out.csv), artifact_path="study")
         mlflow.log_artifact(str(out.figure), artifact_path="study")
     return points
+
+
+def first_characters(data: Prepared, characters: int | None) -> Prepared:
+    """A character corpus with only its training split's first windows, ``characters`` in all
+    (whole windows; all of them for None)."""
+    x, y = data.train
+    if characters is None:
+        return data
+    total = x.shape[0] * x.shape[1]
+    if characters > total:
+        raise DataError(
+            f"train_size: {characters} is larger than the training split ({total} characters)"
+        )
+    keep = max(1, characters // x.shape[1])
+    return replace(data, train=(x[:keep], y[:keep]))
+
+
+def through_time_windows(split: tuple[Any, Any], lengths: tuple[int, ...]) -> dict[int, Any]:
+    """A character split cut again into windows of each of ``lengths``: ``{length: (x, y)}``."""
+    from deepfit.data.text import windows
+
+    ids = corpus_ids(split)
+    cut = {}
+    for length in lengths:
+        found = windows(ids, length)
+        if not len(found["x"]):
+            raise DataError(
+                f"lengths: {length} characters is longer than the validation split "
+                f"({len(ids) - 1} characters)"
+            )
+        cut[length] = (found["x"], found["y"])
+    return cut
+
+
+def corpus_ids(split: tuple[Any, Any]) -> Any:
+    """A character split's ids in text order, from its non-overlapping windows (``x``) and the
+    ids one position later (``y``): the windows' characters and the last one's next."""
+    import numpy as np
+
+    x, y = (np.asarray(a) for a in split)
+    if x.ndim != 2 or x.shape != y.shape or not np.array_equal(x[:, 1:], y[:, :-1]):
+        raise DataError("base.dataset: expected windows of a character corpus (source: text)")
+    if not np.array_equal(x[1:, 0], y[:-1, -1]):
+        raise DataError("base.dataset: the corpus' windows are not consecutive")
+    return np.concatenate([x.reshape(-1), y[-1:, -1]])
 
 
 def _variant(
@@ -141,15 +199,17 @@ def _variant(
     run: RunConfig,
     params: Params,
     data: Prepared,
-    reference: tuple[float, float],
     metric: str | None,
-) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[str, float]]]:
-    """Train one variant as a child MLflow run; judge its fit; return its table row, history
-    and gradient norms."""
+    probes: dict[int, Any],
+) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[str, float]], dict[int, list]]:
+    """Train one variant as a child MLflow run; judge its fit; return its table row, history,
+    gradient norms and its gradients through time on each of ``probes``' window lengths."""
     import mlflow
 
+    from deepfit.train.gradients import gradients_through_time, reach_of
     from deepfit.train.run import build_model, run_params
 
+    reference = diagnosis.reference_losses(data.train[1], data.val[1], data.spec.task)
     model = build_model(run, params, data)
     tags = {"deepfit.study": study.name, "deepfit.variant": name}
     with tracking.start_run(
@@ -164,11 +224,17 @@ def _variant(
         verdict = diagnosis.diagnose(history, params.fit, reference, metric=metric)
         grad_summary = diagnosis.gradient_summary(records, params.fit)
         fit_metrics, fit_tags = diagnosis.mlflow_payload(verdict, grad_summary)
-        mlflow.log_metrics({**fit_metrics, "n_params": model.count_params()})
+        # On the first validation windows of each length (evaluate measures a run on test).
+        norms = {n: gradients_through_time(model, *windows) for n, windows in probes.items()}
+        reach = {n: reach_of(values) for n, values in norms.items()}
+        logged = {f"gradient_reach.{n}": value for n, value in reach.items()}
+        mlflow.log_metrics({**fit_metrics, "n_params": model.count_params(), **logged})
         mlflow.set_tags(fit_tags)
     log.info("%s/%s: %s (%s)", study.name, name, verdict["verdict"], verdict["reasons"])
     point = _point(name, int(model.count_params()), verdict, grad_summary, metric, seconds)
-    return point, history, records
+    if norms:
+        point.update(model=run.model, **{f"reach_{n}": value for n, value in reach.items()})
+    return point, history, records, norms
 
 
 def _fit_variant(
@@ -224,12 +290,17 @@ def _point(
 
 
 def csv_table(points: list[dict[str, Any]]) -> str:
-    """Every column of the study table, one row per variant."""
-    return csv_text(COLUMNS, ([p.get(c) for c in COLUMNS] for p in points))
+    """Every column of the study table, one row per variant (a sequence_length study's also
+    name the model and give the gradient's reach at each window length)."""
+    reach = [k for k in (points[0] if points else {}) if k.startswith("reach_")]
+    columns = COLUMNS + (("model", *reach) if reach else ())
+    return csv_text(columns, ([p.get(c) for c in columns] for p in points))
 
 
-def markdown_table(study: StudyConfig, points: list[dict[str, Any]]) -> str:
-    """The study's table: size, losses at the last and best epochs, gap, gradients, verdict."""
+def markdown_table(
+    study: StudyConfig, points: list[dict[str, Any]], vanishing: float = diagnosis.VANISHED_REACH
+) -> str:
+    """The study table: size, losses at the last and best epochs, gap, gradients, verdict."""
     show = [
         ("variant", "variant", str),
         ("params", "parameters", lambda v: f"{v:,}"),
@@ -246,6 +317,10 @@ def markdown_table(study: StudyConfig, points: list[dict[str, Any]]) -> str:
             ("grad_first_epoch1", "first-layer grad (epoch 1)", _g),
             ("vanished", "vanished layers", lambda v: v or "none"),
         ]
+    if study.kind == "sequence_length":
+        show.insert(1, ("model", "model", str))
+        show.append(("val_loss_best", "val bits/char (best)", lambda v: f"{v / math.log(2):.3f}"))
+        show += [(f"reach_{n}", f"reach, {n} chars", _reach(vanishing)) for n in study.lengths]
     show.append(("verdict", "verdict", lambda v: f"**{v}**"))
     header = "| " + " | ".join(title for _, title, _ in show) + " |\n"
     header += (
@@ -260,7 +335,15 @@ def markdown_table(study: StudyConfig, points: list[dict[str, Any]]) -> str:
             + " | ".join(fmt(p[k]) if p.get(k) is not None else "n/a" for k, _, fmt in show)
             + " |"
         )
-    size = f"{study.train_size} training samples" if study.train_size else "the full training split"
+    unit = "characters" if study.lengths else "training samples"
+    size = f"{study.train_size} {unit}" if study.train_size else "the full training split"
+    if study.lengths:
+        size += (
+            ", in windows of the dataset's length. Reach at n characters: the norm of the"
+            " gradient of a window's last loss with respect to its first character over that"
+            " with respect to its last, in validation windows of n characters; **bold**: below"
+            f" {vanishing:g}, float32's resolution: vanished"
+        )
     return (
         f"# Study `{study.name}` ({study.kind})\n\n"
         f"`{study.base.model}` on `{study.dataset}` with {size}; one row per variant. "
@@ -275,6 +358,11 @@ def markdown_table(study: StudyConfig, points: list[dict[str, Any]]) -> str:
 
 def _g(value: float) -> str:
     return f"{value:.3g}"
+
+
+def _reach(vanishing: float) -> Callable[[float], str]:
+    """A reach, in bold when the gradient vanished."""
+    return lambda value: f"**{value:.2g}**" if value < vanishing else f"{value:.2g}"
 
 
 def _f(value: float) -> str:

@@ -162,17 +162,18 @@ def _as_norms(groups: list[tuple[str, list]], squared: list) -> dict[str, float]
     return {name: float(s) ** 0.5 for (name, _), s in zip(groups, squared, strict=True)}
 
 
-def gradients_through_time(model: keras.Model, x: Any, y: Any) -> list[float]:
-    """How far back a language model's gradient reaches: the mean norm of the gradient of the
-    last position's loss with respect to the embedded input at each position, indexed by the
-    distance back from the last position (0 = the last position itself)."""
+def gradients_through_time(model: keras.Model, x: Any, y: Any, windows: int = 256) -> list[float]:
+    """How far back a language model's gradient reaches: the mean norm (over the first
+    ``windows`` windows) of the gradient of the last position's loss with respect to the
+    embedded input at each position, indexed by the distance back from the last position
+    (0 = the last position itself)."""
     import numpy as np
     import tensorflow as tf
 
     embedding = model.get_layer("embedding")
     rest = keras.Model(embedding.output, model.output)  # everything after the embedding
-    ids = np.asarray(x, dtype=np.int32)
-    last = tf.constant(np.asarray(y)[:, -1].astype(np.int32))
+    ids = np.asarray(x[:windows], dtype=np.int32)
+    last = tf.constant(np.asarray(y[:windows])[:, -1].astype(np.int32))
     embedded = embedding(ids)
     with tf.GradientTape() as tape:
         tape.watch(embedded)
@@ -180,3 +181,9 @@ def gradients_through_time(model: keras.Model, x: Any, y: Any) -> list[float]:
         loss = -tf.reduce_mean(tf.math.log(picked + 1e-7))
     norms = tf.reduce_mean(tf.norm(tape.gradient(loss, embedded), axis=-1), axis=0)
     return [float(v) for v in norms.numpy()[::-1]]
+
+
+def reach_of(norms: list[float]) -> float:
+    """How far a gradient reaches (``gradients_through_time``): its norm at a window's first
+    position over its norm at the last."""
+    return norms[-1] / norms[0] if norms[0] > 0 else 0.0
