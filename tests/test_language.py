@@ -208,3 +208,32 @@ def test_max_characters_keeps_the_start_of_the_corpus(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     manifest = json.loads((root / "data/prepared/corpus/manifest.json").read_text())
     assert sum(manifest["details"]["characters"].values()) == 400
+
+
+@pytest.mark.slow
+def test_logged_language_model_takes_raw_text_and_gives_the_next_character(pipeline) -> None:
+    """The MLflow model of `lstm_text` reads strings of any length; for each, its probabilities
+    are the Keras model's at the text's last character (ids from the manifest's vocabulary)."""
+    import keras
+    import mlflow
+    import numpy as np
+
+    root, _ = pipeline
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    found = mlflow.search_runs(experiment_names=["deepfit"], filter_string="run_name = 'lstm_text'")
+    model = mlflow.pyfunc.load_model(f"runs:/{found.iloc[0].run_id}/model")
+    manifest = json.loads((root / "data/prepared/python_docs/manifest.json").read_text())
+    vocab = manifest["class_names"]
+    prompts = ["The ", "def f(x):\n    return", "\u263a"]  # the last: not in the vocabulary
+    assert "\u263a" not in vocab
+    out = model.predict(prompts)
+    assert list(out.columns) == vocab and len(out) == 3
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+    network = keras.saving.load_model(root / "models/lstm_text/model.keras")
+    for row, prompt in enumerate(prompts):
+        ids = np.array([[vocab.index(c) if c in vocab else 0 for c in prompt]], dtype=np.int32)
+        alone = network.predict(ids, verbose=0)[0, -1]
+        # batched with longer texts (padded after it) against alone: float32 rounding only
+        np.testing.assert_allclose(out.iloc[row].to_numpy(), alone, rtol=1e-5, atol=1e-7)
+    with pytest.raises(Exception, match="an empty text"):
+        model.predict(["The ", ""])

@@ -5,7 +5,8 @@ MLflow copies this file into the logged model and runs it when the model is load
 imports nothing from deepfit. The Keras model it loads (an artifact) holds all fitted
 preprocessing as layers (a text model its TextVectorization); this wrapper only turns the
 DataFrame into one tensor per column, fills empty numeric cells with the training median and
-names the outputs.
+names the outputs. A character language model's texts become character ids here (its
+vocabulary is the outputs), and it returns the next character's probabilities.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 BOOLEAN = {"true": 1.0, "false": 0.0}
+# Texts a language model reads per call: its output holds every position's probabilities.
+CHUNK = 64
 
 
 class RawRowsModel(PythonModel):
@@ -34,6 +37,8 @@ class RawRowsModel(PythonModel):
     # no schema from this hint, and without a hint it warns at every load.
     def predict(self, context, model_input: pd.DataFrame, params=None):
         frame = pd.DataFrame(model_input)
+        if self.columns[0]["kind"] == "characters":
+            return self._next_characters(frame)
         named = [c["name"] for c in self.columns if c["name"] is not None]
         absent = [name for name in named if name not in frame.columns]
         if absent:
@@ -46,6 +51,28 @@ class RawRowsModel(PythonModel):
         # A model of one input takes its tensor (a dict would not match its structure).
         batch = inputs if len(inputs) > 1 else next(iter(inputs.values()))
         out = np.asarray(self.model.predict(batch, batch_size=1024, verbose=0))
+        return pd.DataFrame(out, columns=self.outputs, index=frame.index)
+
+    def _next_characters(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Each text's next-character probabilities. Its characters become ids (one not in the
+        vocabulary: 0, the unknown token), padded on the right to the longest text: the network
+        reads left to right, so the padding cannot change its output at a text's last
+        character, which is the one read."""
+        if frame.shape[1] != 1:
+            raise ValueError(f"expected one column of texts, got {frame.shape[1]} columns")
+        texts = frame.iloc[:, 0].astype(str).tolist()
+        if not all(texts):
+            raise ValueError("an empty text: the language model continues at least one character")
+        index = {character: i for i, character in enumerate(self.outputs)}
+        out = np.empty((len(texts), len(self.outputs)), dtype=np.float32)
+        for start in range(0, len(texts), CHUNK):
+            chunk = texts[start : start + CHUNK]
+            ids = np.zeros((len(chunk), max(map(len, chunk))), dtype=np.int32)
+            for row, text in enumerate(chunk):
+                ids[row, : len(text)] = [index.get(character, 0) for character in text]
+            proba = np.asarray(self.model.predict(ids, batch_size=len(chunk), verbose=0))
+            last = [len(text) - 1 for text in chunk]
+            out[start : start + len(chunk)] = proba[np.arange(len(chunk)), last]
         return pd.DataFrame(out, columns=self.outputs, index=frame.index)
 
 

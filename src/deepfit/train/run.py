@@ -223,8 +223,8 @@ def _log_outputs(
         _log_table_model(model, data)
     elif data.spec.kind == "text":
         _log_text_model(model, data)
-    elif data.spec.kind == "tokens":  # character ids: the model's input dtype
-        _log_model(model, data.val[0][:5].astype("int32"))
+    elif data.spec.kind == "tokens":
+        _log_language_model(model, data)
     else:
         _log_model(model, data.val[0][:5], data.manifest.get("feature_scale"))
 
@@ -390,6 +390,23 @@ def _log_text_model(network: keras.Model, data: Prepared) -> None:
         Schema([ColSpec("string")]), Schema([ColSpec("float", name) for name in outputs])
     )
     example = pd.DataFrame({TEXT_COLUMN: [str(text) for text in data.val[0][:5]]})
+    _log_raw_rows_model(network, config, signature, example)
+
+
+def _log_language_model(network: keras.Model, data: Prepared) -> None:
+    """Log a character language model as a pyfunc model that takes raw strings and returns,
+    for each, the probability of every character of the vocabulary coming next."""
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    outputs = data.manifest["class_names"]  # the vocabulary, by id; 0 the unknown token
+    config = {"columns": [{"name": None, "kind": "characters", "fill": ""}], "outputs": outputs}
+    signature = ModelSignature(
+        Schema([ColSpec("string")]), Schema([ColSpec("float", name) for name in outputs])
+    )
+    windows = data.val[0][:5]
+    example = pd.DataFrame({TEXT_COLUMN: ["".join(outputs[i] for i in w) for w in windows]})
     _log_raw_rows_model(network, config, signature, example)
 
 
