@@ -189,6 +189,7 @@ def tiny_params(dataset: dict[str, Any], epochs: int = 2) -> dict[str, Any]:
     raw["datasets"] = {"digits": raw["datasets"]["digits"], "t": {"source": "csv", **dataset}}
     raw["runs"] = {"tab": {"model": "fnn", "dataset": "t", "units": [8], "dropout": 0.0}}
     raw["tuning"] = {}  # its base run is gone
+    raw["studies"] = {k: v for k, v in raw["studies"].items() if v["base"]["dataset"] == "digits"}
     return raw
 
 

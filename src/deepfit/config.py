@@ -214,7 +214,7 @@ class StudyConfig:
     base: RunConfig
     variants: dict[str, RunConfig]
     train_size: int | None = None  # training samples (sequence_length: characters) to train on
-    lengths: tuple[int, ...] = ()  # sequence_length: the window lengths every variant trains on
+    lengths: tuple[int, ...] = ()  # sequence_length: window lengths the gradient is measured in
 
     @property
     def dataset(self) -> str:

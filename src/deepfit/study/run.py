@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -297,10 +296,8 @@ def csv_table(points: list[dict[str, Any]]) -> str:
     return csv_text(columns, ([p.get(c) for c in columns] for p in points))
 
 
-def markdown_table(
-    study: StudyConfig, points: list[dict[str, Any]], vanishing: float = diagnosis.VANISHED_REACH
-) -> str:
-    """The study table: size, losses at the last and best epochs, gap, gradients, verdict."""
+def markdown_table(study: StudyConfig, points: list[dict[str, Any]]) -> str:
+    """The study's table: size, losses at the last and best epochs, gap, gradients, verdict."""
     show = [
         ("variant", "variant", str),
         ("params", "parameters", lambda v: f"{v:,}"),
@@ -320,7 +317,7 @@ def markdown_table(
     if study.kind == "sequence_length":
         show.insert(1, ("model", "model", str))
         show.append(("val_loss_best", "val bits/char (best)", lambda v: f"{v / math.log(2):.3f}"))
-        show += [(f"reach_{n}", f"reach, {n} chars", _reach(vanishing)) for n in study.lengths]
+        show += [(f"reach_{n}", f"reach, {n} chars", _reach) for n in study.lengths]
     show.append(("verdict", "verdict", lambda v: f"**{v}**"))
     header = "| " + " | ".join(title for _, title, _ in show) + " |\n"
     header += (
@@ -342,7 +339,7 @@ def markdown_table(
             ", in windows of the dataset's length. Reach at n characters: the norm of the"
             " gradient of a window's last loss with respect to its first character over that"
             " with respect to its last, in validation windows of n characters; **bold**: below"
-            f" {vanishing:g}, float32's resolution: vanished"
+            f" {diagnosis.VANISHED_REACH:g}, float32's resolution: vanished"
         )
     return (
         f"# Study `{study.name}` ({study.kind})\n\n"
@@ -360,9 +357,9 @@ def _g(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _reach(vanishing: float) -> Callable[[float], str]:
+def _reach(value: float) -> str:
     """A reach, in bold when the gradient vanished."""
-    return lambda value: f"**{value:.2g}**" if value < vanishing else f"{value:.2g}"
+    return f"**{value:.2g}**" if value < diagnosis.VANISHED_REACH else f"{value:.2g}"
 
 
 def _f(value: float) -> str:
