@@ -12,7 +12,8 @@ import pytest
 
 from deepfit.config import ConfigError, parse_params
 from deepfit.data.text import UNKNOWN_ID, split_blocks, windows
-from deepfit.data.translation import detokenize, english, french, ids_to_text, tokens
+from deepfit.data.translation import english, french
+from deepfit.data.words import detokenize, ids_to_text, tokens
 from deepfit.evaluate import baselines, metrics, ngram
 from helpers import error_line, make_workdir, run_stage, snapshot, tiny_params
 
@@ -146,6 +147,10 @@ def test_target_bits_and_language_metrics() -> None:
         (201, "two hundred one", "deux cent un"),
         (1080, "one thousand eighty", "mille quatre-vingts"),
         (2300, "two thousand three hundred", "deux mille trois cents"),
+        (3000, "three thousand", "trois mille"),  # not "troi": only vingts and cents lose an s
+        (23000, "twenty-three thousand", "vingt-trois mille"),
+        (80000, "eighty thousand", "quatre-vingt mille"),
+        (200000, "two hundred thousand", "deux cent mille"),
     ],
 )
 def test_number_words(number: int, en: str, fr: str) -> None:
@@ -237,3 +242,53 @@ def test_logged_language_model_takes_raw_text_and_gives_the_next_character(pipel
         np.testing.assert_allclose(out.iloc[row].to_numpy(), alone, rtol=1e-5, atol=1e-7)
     with pytest.raises(Exception, match="an empty text"):
         model.predict(["The ", ""])
+
+
+# Loads and runs the logged translation model where deepfit cannot be imported.
+_TRANSLATE = """
+import json, sys
+sys.modules["deepfit"] = None
+import mlflow
+model = mlflow.pyfunc.load_model(sys.argv[1])
+answers = {"translations": model.predict(json.loads(sys.argv[2]))["translation"].tolist()}
+for bad in ("one two three four five six seven eight nine ten", ""):
+    try:
+        model.predict([bad])
+    except Exception as error:
+        answers.setdefault("errors", []).append(str(error))
+print(json.dumps(answers))
+"""
+
+
+@pytest.mark.slow
+def test_logged_translation_model_takes_raw_sentences_and_gives_translations(pipeline) -> None:
+    """The MLflow model of `seq2seq` reads English sentences as written and returns the French
+    that evaluation decoded for each test item. It loads in a process where deepfit cannot be
+    imported (its Keras class and word lists travel in the model) and refuses sentences it
+    cannot read."""
+    import subprocess
+    import sys
+
+    import mlflow
+    import pandas as pd
+
+    from helpers import stage_env
+
+    root, _ = pipeline
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.search_runs(experiment_names=["deepfit"], filter_string="run_name = 'seq2seq'")
+    scored = pd.read_csv(
+        root / "reports/plots/seq2seq/eval/translations.csv", keep_default_na=False
+    )
+    sources = json.dumps(scored["source"].tolist())
+    model = f"runs:/{found.iloc[0].run_id}/model"
+    done = subprocess.run(
+        [sys.executable, "-c", _TRANSLATE, model, sources],
+        cwd=root, env=stage_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answers["translations"] == scored["predicted"].tolist()
+    assert len(answers["errors"]) == 2
+    assert all("the model reads 1 to" in error for error in answers["errors"])

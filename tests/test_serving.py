@@ -36,16 +36,24 @@ def _env(root: Path) -> dict[str, str]:
     return stage_env(PYTHONPATH=str(ROOT / "src"), MLFLOW_TRACKING_URI=uri)
 
 
+UNITS = {"mean": 44.9, "std": 34.4}  # a regression target's scale, as prepare stores it
+
+
 @pytest.mark.parametrize(
-    "scale",
+    ("scale", "target"),
     [
-        {"method": "divide_by_train_max", "max": 16.0},
-        {"method": "divide", "value": 255.0},
-        {"method": "standardize", "mean": [1.0, -2.0, 0.5], "std": [2.0, 0.5, 1.0]},
+        ({"method": "divide_by_train_max", "max": 16.0}, None),
+        ({"method": "divide", "value": 255.0}, {"mean": 0.0, "std": 1.0}),
+        ({"method": "standardize", "mean": [1.0, -2.0, 0.5], "std": [2.0, 0.5, 1.0]}, None),
+        ({"method": "standardize", "mean": [1.0, -2.0, 0.5], "std": [2.0, 0.5, 1.0]}, UNITS),
+        ({"method": "target_scale"}, UNITS),
+        ({"method": "none"}, UNITS),
     ],
-    ids=lambda scale: scale["method"],
+    ids=["digits", "keras", "npz", "npz-regression", "series", "raw-regression"],
 )
-def test_logged_model_takes_the_values_prepare_scaled(scale: dict) -> None:
+def test_logged_model_takes_the_values_prepare_scaled(scale: dict, target: dict | None) -> None:
+    """Raw values in (prepare's scaling a layer in front), regression targets out in their own
+    units (the scaling of the targets undone behind the network)."""
     import keras
 
     from deepfit.train.run import raw_input_model, raw_values
@@ -54,11 +62,15 @@ def test_logged_model_takes_the_values_prepare_scaled(scale: dict) -> None:
     inputs = keras.Input(shape=(3,))
     network = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
     prepared = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
-    raw = raw_values(prepared, scale)
-    assert not np.allclose(raw, prepared)
-    served = raw_input_model(network, scale).predict(raw, verbose=0)
-    np.testing.assert_allclose(served, network.predict(prepared, verbose=0), atol=1e-5)
+    raw = raw_values(prepared, scale, target)
+    assert np.allclose(raw, prepared) == (scale["method"] == "none")
+    served = raw_input_model(network, scale, target).predict(raw, verbose=0)
+    expected = network.predict(prepared, verbose=0)
+    if target is not None:
+        expected = expected * target["std"] + target["mean"]
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
     assert raw_input_model(network, {"method": "rescale_in_model", "scale": 1 / 255}) is network
+    assert raw_input_model(network, {"method": "none"}, {"mean": 0.0, "std": 1.0}) is network
 
 
 def test_promote_help_loads_no_mlflow_or_tensorflow() -> None:
@@ -251,3 +263,24 @@ def test_image_folder_model_serves_raw_uint8_pixels(root: Path, servers: dict[st
     manifest = json.loads((root / "data" / "prepared" / "pics" / "manifest.json").read_text())
     names = [manifest["class_names"][i] for i in proba.argmax(axis=1)]
     assert names == _scored(root, "pix")["predicted"].tolist()
+
+
+@pytest.mark.slow
+def test_forecast_model_takes_raw_sunspot_numbers(root: Path) -> None:
+    """The logged forecaster reads the yearly numbers as statsmodels gives them and forecasts
+    in sunspots: its test RMSE is the one evaluation reported."""
+    import mlflow
+
+    from deepfit.data.sources import load_sunspots
+
+    manifest = json.loads((root / "data" / "prepared" / "sunspots" / "manifest.json").read_text())
+    window, test_size = manifest["config"]["window"], manifest["config"]["test_size"]
+    _, values = load_sunspots()
+    windows = np.lib.stride_tricks.sliding_window_view(values, window)[:-1][-test_size:]
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    run_id = json.loads((root / "models" / "lstm" / "run.json").read_text())["mlflow_run_id"]
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    forecast = np.asarray(model.predict(windows[..., None].astype(np.float32))).ravel()
+    rmse = float(np.sqrt(np.mean((forecast - values[-test_size:]) ** 2)))
+    reported = json.loads((root / "reports" / "metrics" / "lstm.json").read_text())["test"]["rmse"]
+    assert rmse == pytest.approx(reported, rel=1e-4)

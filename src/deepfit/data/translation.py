@@ -6,12 +6,11 @@ differ in word order and morphology where French numbers do ("seventy-one" is "s
 onze", "eighty" is "quatre-vingts" but "eighty-one" "quatre-vingt-un", "two hundred" is
 "deux cents" but "two hundred one" "deux cent un"). Distinct numbers are drawn without
 replacement from 0..max_number with the split seed, so no test number was seen in training.
-Words and hyphens are the tokens; ids are padded with 0 on the right.
+Words and hyphens are the tokens, ids padded with 0 on the right (``deepfit.data.words``).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,7 @@ from deepfit.data.config import TranslationConfig
 from deepfit.data.errors import DataError
 from deepfit.data.io import SPLITS
 from deepfit.data.prepare import Built
-
-PAD, START, END, UNKNOWN = "<pad>", "<start>", "<end>", "<unk>"
-# Ids of the special tokens: targets start with START (teacher forcing) and close with END.
-PAD_ID, START_ID, END_ID = 0, 1, 2
-TOKEN = re.compile(r"[^\s-]+|-")
+from deepfit.data.words import END, END_ID, PAD, PAD_ID, START, START_ID, UNKNOWN, encode, tokens
 
 _EN_SMALL = [
     "zero",
@@ -99,7 +94,10 @@ def french(n: int) -> str:
         return head + (f" {french(rest)}" if rest else "")
     thousands, rest = divmod(n, 1000)
     # "mille" never takes an s; "quatre-vingts" and "cents" lose theirs before it.
-    head = "mille" if thousands == 1 else f"{french(thousands).removesuffix('s')} mille"
+    head = french(thousands)
+    if head.endswith(("vingts", "cents")):
+        head = head[:-1]
+    head = "mille" if thousands == 1 else f"{head} mille"
     return head + (f" {french(rest)}" if rest else "")
 
 
@@ -116,20 +114,6 @@ def _french_below_100(n: int) -> str:
     if unit == 1:
         return f"{_FR_TENS[tens]} et un"
     return _FR_TENS[tens] + (f"-{_FR_SMALL[unit]}" if unit else "")
-
-
-def tokens(text: str) -> list[str]:
-    """Words and hyphens, in order."""
-    return TOKEN.findall(text)
-
-
-def detokenize(words: list[str]) -> str:
-    """The text of ``tokens(text)`` again: hyphens join their neighbours, spaces the rest."""
-    out = ""
-    for i, word in enumerate(words):
-        glued = word == "-" or (i > 0 and words[i - 1] == "-")
-        out += word if glued or not out else f" {word}"
-    return out
 
 
 def build_translation(cfg: TranslationConfig, seed: int, raw_dir: Path, where: str) -> Built:
@@ -151,8 +135,8 @@ def build_translation(cfg: TranslationConfig, seed: int, raw_dir: Path, where: s
     target_length = max(len(t) for split in pairs.values() for _, t in split) + 1  # + END
     splits = {
         split: {
-            "x": _ids([src for src, _ in found], source_vocab, source_length, []),
-            "y": _ids([t for _, t in found], target_vocab, target_length, [END]),
+            "x": encode([src for src, _ in found], source_vocab, source_length, []),
+            "y": encode([t for _, t in found], target_vocab, target_length, [END]),
             "number": drawn[split].astype(np.int64),
         }
         for split, found in pairs.items()
@@ -171,29 +155,3 @@ def build_translation(cfg: TranslationConfig, seed: int, raw_dir: Path, where: s
     return Built(
         splits, target_vocab, feature_scale={"method": "none (token ids)"}, details=details
     )
-
-
-def _ids(sentences: list[list[str]], vocab: list[str], length: int, tail: list[str]) -> np.ndarray:
-    index = {word: i for i, word in enumerate(vocab)}
-    unknown = index[UNKNOWN]
-    out = np.zeros((len(sentences), length), dtype=np.int32)
-    for row, words in enumerate(sentences):
-        ids = [index.get(word, unknown) for word in words + tail]
-        out[row, : len(ids)] = ids
-    return out
-
-
-def ids_to_text(ids: np.ndarray, vocab: list[str]) -> list[str]:
-    """Each row of ids as text: up to the first end (or padding) token, special tokens dropped."""
-    special = {PAD, START, END, UNKNOWN}
-    texts = []
-    for row in np.asarray(ids):
-        words = []
-        for i in row:
-            word = vocab[int(i)] if 0 <= int(i) < len(vocab) else UNKNOWN
-            if word in (END, PAD):
-                break
-            if word not in special:
-                words.append(word)
-        texts.append(detokenize(words))
-    return texts

@@ -111,7 +111,7 @@ def _fit(family: str, baseline: str, grid: dict, data: Prepared, seed: int) -> d
 
 def texts(data: Prepared, split: str) -> tuple[list[str], list[str]]:
     """Source and target texts of a translation dataset's split."""
-    from deepfit.data.translation import ids_to_text
+    from deepfit.data.words import ids_to_text
 
     x, y = getattr(data, split)
     details = data.manifest["details"]

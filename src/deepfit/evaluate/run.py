@@ -292,7 +292,7 @@ def _gradient_reach(model, data: Prepared, plots_dir: Path) -> float:
 def _translation(run, params, model, data, where: Where, found) -> Scored:
     """Greedy decoding of the test sources; exact match and character error rate beside the
     strongest rule-free baseline (McNemar on the items each gets exactly right)."""
-    from deepfit.data.translation import ids_to_text
+    from deepfit.data.words import ids_to_text
     from deepfit.evaluate.baseline_run import texts
 
     scores, predictions = found

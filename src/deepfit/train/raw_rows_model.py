@@ -6,7 +6,10 @@ imports nothing from deepfit. The Keras model it loads (an artifact) holds all f
 preprocessing as layers (a text model its TextVectorization); this wrapper only turns the
 DataFrame into one tensor per column, fills empty numeric cells with the training median and
 names the outputs. A character language model's texts become character ids here (its
-vocabulary is the outputs), and it returns the next character's probabilities.
+vocabulary is the outputs), and it returns the next character's probabilities. The toy
+translation's sentences become word ids, and its greedy decoding words again: that model
+carries the files it imports (MLflow ``code_paths``): ``seq2seq_network`` (its Keras class)
+and ``words`` (the corpus' words and ids).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ class RawRowsModel(PythonModel):
     def load_context(self, context: Any) -> None:
         import keras
 
+        self.config = context.model_config
+        if self.config["columns"][0]["kind"] == "words":
+            import seq2seq_network  # noqa: F401 (registers the encoder-decoder's Keras class)
         self.model = keras.saving.load_model(context.artifacts["keras_model"], safe_mode=True)
         self.columns = context.model_config["columns"]
         self.outputs = context.model_config["outputs"]
@@ -39,6 +45,8 @@ class RawRowsModel(PythonModel):
         frame = pd.DataFrame(model_input)
         if self.columns[0]["kind"] == "characters":
             return self._next_characters(frame)
+        if self.columns[0]["kind"] == "words":
+            return self._translate(frame)
         named = [c["name"] for c in self.columns if c["name"] is not None]
         absent = [name for name in named if name not in frame.columns]
         if absent:
@@ -74,6 +82,25 @@ class RawRowsModel(PythonModel):
             last = [len(text) - 1 for text in chunk]
             out[start : start + len(chunk)] = proba[np.arange(len(chunk)), last]
         return pd.DataFrame(out, columns=self.outputs, index=frame.index)
+
+    def _translate(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Each sentence's greedy translation. Its words and hyphens become ids (a word not in
+        the training vocabulary: the unknown token); a sentence longer than the longest
+        source of the corpus is refused."""
+        import words
+
+        if frame.shape[1] != 1:
+            raise ValueError(f"expected one column of sentences, got {frame.shape[1]} columns")
+        limit = self.config["source_length"]
+        sentences = [words.tokens(str(text)) for text in frame.iloc[:, 0]]
+        for text, sentence in zip(frame.iloc[:, 0], sentences, strict=True):
+            if not sentence or len(sentence) > limit:
+                count = f"{len(sentence)} words and hyphens"
+                raise ValueError(f"{str(text)!r}: {count}; the model reads 1 to {limit}")
+        ids = words.encode(sentences, self.config["source_vocab"], limit, [])
+        proba = np.asarray(self.model.predict(ids, batch_size=256, verbose=0))
+        texts = words.ids_to_text(proba.argmax(axis=-1), self.config["target_vocab"])
+        return pd.DataFrame({self.outputs[0]: texts}, index=frame.index)
 
 
 def _cells(frame: pd.DataFrame, column: dict[str, Any]) -> pd.Series:

@@ -225,8 +225,10 @@ def _log_outputs(
         _log_text_model(model, data)
     elif data.spec.kind == "tokens":
         _log_language_model(model, data)
+    elif data.spec.kind == "translation":
+        _log_translation_model(model, data)
     else:
-        _log_model(model, data.val[0][:5], data.manifest.get("feature_scale"))
+        _log_model(model, data.val[0][:5], data.manifest)
 
 
 def _brief(summary: dict[str, Any]) -> tuple[int, float, int]:
@@ -300,11 +302,14 @@ def _check_finite(model: keras.Model, history: dict[str, list[float]]) -> None:
         )
 
 
-def raw_input_model(model: keras.Model, scale: dict[str, Any] | None) -> keras.Model:
+def raw_input_model(
+    model: keras.Model, scale: dict[str, Any] | None, target: dict[str, float] | None = None
+) -> keras.Model:
     """``model`` behind the feature scaling that prepare applied (digits: divided by the
-    training maximum; Keras datasets: by 255; NPZ vectors: standardised), so that it takes the
-    values of the user's files; unchanged when nothing was scaled in prepare (raw pixels,
-    tables, series)."""
+    training maximum; Keras datasets: by 255; NPZ vectors: standardised; a series: scaled like
+    its targets), so that it takes the values of the user's files, and, for regression, with
+    its outputs back in the target's own units (``target``: the manifest's ``target_scale``).
+    Unchanged when prepare scaled neither (raw pixels, tables, classes)."""
     from keras import layers
 
     method = (scale or {}).get("method")
@@ -313,13 +318,26 @@ def raw_input_model(model: keras.Model, scale: dict[str, Any] | None) -> keras.M
     elif method == "standardize":
         std = [s * s for s in scale["std"]]
         front = layers.Normalization(mean=scale["mean"], variance=std, name="prepare_scale")
+    elif method == "target_scale":  # sunspots: the series standardised with its targets' scale
+        variance = target["std"] ** 2
+        front = layers.Normalization(mean=target["mean"], variance=variance, name="prepare_scale")
     else:
+        front = None
+    unit = target is None or (target["mean"] == 0.0 and target["std"] == 1.0)
+    if front is None and unit:
         return model
     inputs = keras.Input(shape=model.input_shape[1:], name="raw")
-    return keras.Model(inputs, model(front(inputs)), name=f"{model.name}_raw_input")
+    outputs = model(front(inputs) if front is not None else inputs)
+    if not unit:
+        outputs = layers.Rescaling(target["std"], offset=target["mean"], name="target_units")(
+            outputs
+        )
+    return keras.Model(inputs, outputs, name=f"{model.name}_raw_input")
 
 
-def raw_values(x: np.ndarray, scale: dict[str, Any] | None) -> np.ndarray:
+def raw_values(
+    x: np.ndarray, scale: dict[str, Any] | None, target: dict[str, float] | None = None
+) -> np.ndarray:
     """Prepared (scaled) inputs back in the units of the user's files: ``raw_input_model``'s."""
     import numpy as np
 
@@ -329,6 +347,9 @@ def raw_values(x: np.ndarray, scale: dict[str, Any] | None) -> np.ndarray:
     if method == "standardize":
         raw = np.asarray(x, dtype=np.float64) * np.asarray(scale["std"]) + scale["mean"]
         return raw.astype(np.float32)
+    if method == "target_scale":
+        raw = np.asarray(x, dtype=np.float64) * target["std"] + target["mean"]
+        return raw.astype(np.float32)
     return np.asarray(x)
 
 
@@ -336,21 +357,20 @@ def _divisor(scale: dict[str, Any]) -> float:
     return float(scale["max"] if scale["method"] == "divide_by_train_max" else scale["value"])
 
 
-def _log_model(
-    model: keras.Model, x_example: np.ndarray, scale: dict[str, Any] | None = None
-) -> None:
-    """Log the model to MLflow with its signature, taking the user's raw values (for a GAN: the
-    generator, noise -> images)."""
+def _log_model(model: keras.Model, x_example: np.ndarray, manifest: dict[str, Any]) -> None:
+    """Log the model to MLflow with its signature, taking the user's raw values and giving
+    regression targets in their own units (for a GAN: the generator, noise -> images)."""
     from importlib import metadata
 
     import mlflow
     import numpy as np
     from mlflow.models import infer_signature
 
+    scale, units = manifest.get("feature_scale"), manifest.get("target_scale")
     generative = hasattr(model, "generator")
-    target = model.generator if generative else raw_input_model(model, scale)
+    target = model.generator if generative else raw_input_model(model, scale, units)
     # not a memory map: MLflow stores it as the example
-    x_example = np.asarray(x_example) if generative else raw_values(x_example, scale)
+    x_example = np.asarray(x_example) if generative else raw_values(x_example, scale, units)
     if generative:
         rng = np.random.default_rng(0)
         x_example = rng.normal(size=(len(x_example), model.latent_dim)).astype("float32")
@@ -410,9 +430,40 @@ def _log_language_model(network: keras.Model, data: Prepared) -> None:
     _log_raw_rows_model(network, config, signature, example)
 
 
-def _log_raw_rows_model(model: keras.Model, config: dict, signature: Any, example: Any) -> None:
+def _log_translation_model(network: keras.Model, data: Prepared) -> None:
+    """Log the encoder-decoder as a pyfunc model that takes raw sentences and returns their
+    greedy translations. The model carries the two files it needs (MLflow ``code_paths``): the
+    Keras class of the network and the corpus' words and ids."""
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from deepfit.data import words
+    from deepfit.models import seq2seq_network
+
+    details = data.manifest["details"]
+    config = {
+        "columns": [{"name": None, "kind": "words", "fill": ""}],
+        "outputs": ["translation"],
+        "source_vocab": details["source_vocab"],
+        "target_vocab": data.manifest["class_names"],
+        "source_length": details["source_length"],
+    }
+    signature = ModelSignature(
+        Schema([ColSpec("string")]), Schema([ColSpec("string", "translation")])
+    )
+    sources = words.ids_to_text(data.val[0][:5], details["source_vocab"])
+    example = pd.DataFrame({TEXT_COLUMN: sources})
+    code = [seq2seq_network.__file__, words.__file__]
+    _log_raw_rows_model(network, config, signature, example, code)
+
+
+def _log_raw_rows_model(
+    model: keras.Model, config: dict, signature: Any, example: Any, code: list[str] | None = None
+) -> None:
     """Log ``model`` (one input ``column_<i>`` per column of ``config``, or a single input)
-    inside the raw_rows_model.py wrapper: a pyfunc model of raw rows in, named outputs out."""
+    inside the raw_rows_model.py wrapper: a pyfunc model of raw rows in, named outputs out.
+    ``code``: files the wrapper imports by module name (MLflow ``code_paths``)."""
     import tempfile
     from importlib import metadata
 
@@ -431,4 +482,5 @@ def _log_raw_rows_model(model: keras.Model, config: dict, signature: Any, exampl
             signature=signature,
             input_example=example,
             pip_requirements=pip,
+            code_paths=code,
         )
