@@ -68,7 +68,7 @@ plots: setup  ## render every DVC plot to dvc_plots/index.html
 metrics: setup
 	dvc metrics show
 
-bench: setup  ## every speed and quality target, in temporary copies (over an hour): reports/benchmarks.md
+bench: setup  ## every speed and quality target, in temporary copies (about 45 min): reports/benchmarks.md
 	python benchmarks/bench.py
 
 lint: setup
