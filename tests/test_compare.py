@@ -342,3 +342,38 @@ def test_runs_within_the_noise_of_the_best_are_marked():
         }
     )
     assert compare.within_noise(frame).tolist() == ["best", "within noise", "worse", "best"]
+
+
+def test_promote_compares_runs_on_the_current_test_data_only(tmp_path):
+    """A better metric on an older version of the data (another test-split digest) does not
+    win: the champion is the best run evaluated on the newest run's test split."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+
+    from deepfit.report import promote
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment(EXPERIMENT)
+    start = int(time.time() * 1000) - 100_000
+    runs = [  # (name, model, dataset, accuracy, ...), its test split's digest
+        (("fnn", "fnn", "digits", 0.999, "relu", "adam", 1e-3), "old-split"),
+        (("fnn@exp-a", "fnn", "digits", 0.995, "relu", "adam", 1e-3), "new-split"),
+        (("fnn@exp-b", "fnn", "digits", 0.990, "tanh", "adam", 1e-3), "new-split"),
+        (("rnn", "rnn", "sunspots", 17.0, "tanh", "adam", 1e-2), "its-split"),
+    ]
+    ids = {}
+    for index, (spec, digest) in enumerate(runs):
+        run_id = _log_run(client, experiment_id, spec, start + index * 1000)
+        split = Dataset(name=spec[2], digest=digest, source_type="local", source="test.npz")
+        context = InputTag(key="mlflow.data.context", value="testing")
+        client.log_inputs(run_id, datasets=[DatasetInput(dataset=split, tags=[context])])
+        ids[spec[0]] = run_id
+    frame = compare.load_runs(uri, EXPERIMENT)
+    assert sorted(frame["test_data"]) == ["its-split", "new-split", "new-split", "old-split"]
+    chosen = promote.choose(frame)
+    assert dict(zip(chosen["run"], chosen["run_id"], strict=True)) == {
+        "fnn": ids["fnn@exp-a"],  # 0.995 on the new split, not 0.999 on the old one
+        "rnn": ids["rnn"],
+    }
+    assert promote.choose(frame, run_id=ids["fnn"])["run_id"].tolist() == [ids["fnn"]]

@@ -104,9 +104,19 @@ def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
         row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
         row.update({f"params.{k}": v for k, v in run.data.params.items()})
         row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+        row["test_data"] = _test_digest(run)
         rows.append(row)
     frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(_INFO))
     return _with_table_columns(frame)
+
+
+def _test_digest(run: Any) -> str:
+    """The digest of the test split a run logged as its MLflow input ("" if none)."""
+    inputs = run.inputs.dataset_inputs if run.inputs else []
+    for item in inputs:
+        if any(t.key == "mlflow.data.context" and t.value == "testing" for t in item.tags):
+            return item.dataset.digest
+    return ""
 
 
 def _check_reachable(uri: str) -> None:
