@@ -242,6 +242,8 @@ def test_logged_language_model_takes_raw_text_and_gives_the_next_character(pipel
         np.testing.assert_allclose(out.iloc[row].to_numpy(), alone, rtol=1e-5, atol=1e-7)
     with pytest.raises(Exception, match="an empty text"):
         model.predict(["The ", ""])
+    with pytest.raises(Exception, match="row 1: expected a text, got a missing cell"):
+        model.predict(["The ", None])
 
 
 # Loads and runs the logged translation model where deepfit cannot be imported.
@@ -251,7 +253,7 @@ sys.modules["deepfit"] = None
 import mlflow
 model = mlflow.pyfunc.load_model(sys.argv[1])
 answers = {"translations": model.predict(json.loads(sys.argv[2]))["translation"].tolist()}
-for bad in ("one two three four five six seven eight nine ten", ""):
+for bad in ("one two three four five six seven eight nine ten", "", None):
     try:
         model.predict([bad])
     except Exception as error:
@@ -290,5 +292,6 @@ def test_logged_translation_model_takes_raw_sentences_and_gives_translations(pip
     assert done.returncode == 0, done.stderr[-3000:]
     answers = json.loads(done.stdout.strip().splitlines()[-1])
     assert answers["translations"] == scored["predicted"].tolist()
-    assert len(answers["errors"]) == 2
-    assert all("the model reads 1 to" in error for error in answers["errors"])
+    assert len(answers["errors"]) == 3
+    assert all("the model reads 1 to" in error for error in answers["errors"][:2])
+    assert "row 0: expected a text, got a missing cell" in answers["errors"][2]

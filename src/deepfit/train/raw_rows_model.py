@@ -66,9 +66,7 @@ class RawRowsModel(PythonModel):
         vocabulary: 0, the unknown token), padded on the right to the longest text: the network
         reads left to right, so the padding cannot change its output at a text's last
         character, which is the one read."""
-        if frame.shape[1] != 1:
-            raise ValueError(f"expected one column of texts, got {frame.shape[1]} columns")
-        texts = frame.iloc[:, 0].astype(str).tolist()
+        texts = _texts(frame)
         if not all(texts):
             raise ValueError("an empty text: the language model continues at least one character")
         index = {character: i for i, character in enumerate(self.outputs)}
@@ -89,18 +87,31 @@ class RawRowsModel(PythonModel):
         source of the corpus is refused."""
         import words
 
-        if frame.shape[1] != 1:
-            raise ValueError(f"expected one column of sentences, got {frame.shape[1]} columns")
         limit = self.config["source_length"]
-        sentences = [words.tokens(str(text)) for text in frame.iloc[:, 0]]
-        for text, sentence in zip(frame.iloc[:, 0], sentences, strict=True):
+        texts = _texts(frame)
+        sentences = [words.tokens(text) for text in texts]
+        for text, sentence in zip(texts, sentences, strict=True):
             if not sentence or len(sentence) > limit:
                 count = f"{len(sentence)} words and hyphens"
-                raise ValueError(f"{str(text)!r}: {count}; the model reads 1 to {limit}")
+                raise ValueError(f"{text!r}: {count}; the model reads 1 to {limit}")
         ids = words.encode(sentences, self.config["source_vocab"], limit, [])
         proba = np.asarray(self.model.predict(ids, batch_size=256, verbose=0))
         texts = words.ids_to_text(proba.argmax(axis=-1), self.config["target_vocab"])
         return pd.DataFrame({self.outputs[0]: texts}, index=frame.index)
+
+
+def _texts(frame: pd.DataFrame) -> list[str]:
+    """The one column of ``frame`` as texts: a missing cell or a number is refused, not read as
+    the text "None" or "42"."""
+    if frame.shape[1] != 1:
+        raise ValueError(f"expected one column of texts, got {frame.shape[1]} columns")
+    texts = frame.iloc[:, 0].tolist()
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            missing = text is None or (isinstance(text, float) and np.isnan(text))
+            got = "a missing cell" if missing else repr(text)
+            raise ValueError(f"row {row}: expected a text, got {got}")
+    return texts
 
 
 def _cells(frame: pd.DataFrame, column: dict[str, Any]) -> pd.Series:
