@@ -36,8 +36,8 @@ class RawRowsModel(PythonModel):
         if self.config["columns"][0]["kind"] == "words":
             import seq2seq_network  # noqa: F401 (registers the encoder-decoder's Keras class)
         self.model = keras.saving.load_model(context.artifacts["keras_model"], safe_mode=True)
-        self.columns = context.model_config["columns"]
-        self.outputs = context.model_config["outputs"]
+        self.columns = self.config["columns"]
+        self.outputs = self.config["outputs"]
 
     # MLflow hands a DataFrame in (the logged signature converts lists and Series). It infers
     # no schema from this hint, and without a hint it warns at every load.

@@ -16,6 +16,7 @@ import keras
 
 from deepfit import figures, tracking
 from deepfit.config import Params, RunConfig
+from deepfit.data.prepare import IDENTITY
 from deepfit.models import get_spec
 from deepfit.outputs import (
     GRADIENTS_FILE,
@@ -323,7 +324,7 @@ def raw_input_model(
         front = layers.Normalization(mean=target["mean"], variance=variance, name="prepare_scale")
     else:
         front = None
-    unit = target is None or (target["mean"] == 0.0 and target["std"] == 1.0)
+    unit = target is None or target == IDENTITY
     if front is None and unit:
         return model
     inputs = keras.Input(shape=model.input_shape[1:], name="raw")
