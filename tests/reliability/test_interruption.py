@@ -6,6 +6,7 @@ runs left RUNNING by a killed process are closed as KILLED by the next stage tha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -33,16 +34,21 @@ def _start(root: Path) -> subprocess.Popen:
     )
 
 
+def _backed_up_epoch(root: Path) -> int:
+    """The last epoch in the run's Keras backup (0 if none)."""
+    epochs = [0]
+    for meta in root.glob(".dvc/tmp/deepfit/backups/slow-*/keras/training_metadata.json"):
+        with contextlib.suppress(OSError, ValueError):  # being written
+            epochs.append(json.loads(meta.read_text())["epoch"])
+    return max(epochs)
+
+
 def _wait_for_epoch(root: Path, process: subprocess.Popen, epoch: int) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1][-3000:]
-        for meta in root.glob(".dvc/tmp/deepfit/backups/slow-*/keras/training_metadata.json"):
-            try:
-                if json.loads(meta.read_text())["epoch"] >= epoch:
-                    return
-            except (OSError, ValueError):
-                pass
+        if _backed_up_epoch(root) >= epoch:
+            return
         time.sleep(0.05)
     raise AssertionError("training made no progress")
 
@@ -61,8 +67,11 @@ def test_sigterm_and_sigint_end_the_run_killed_and_training_resumes(ready_workdi
     assert first.returncode == 143
     assert err.rstrip().endswith("deepfit train@slow: interrupted (SIGTERM)")
 
+    # The first may have backed up a later epoch before it stopped: wait for one the second
+    # trained. A signal sent earlier finds it starting up, before its handlers; where SIGINT is
+    # inherited as ignored (a background job, as in CI), the run then finished with exit 0.
     second = _start(root)  # resumes, then Ctrl-C
-    _wait_for_epoch(root, second, 2)
+    _wait_for_epoch(root, second, _backed_up_epoch(root) + 1)
     second.send_signal(signal.SIGINT)
     _, err = second.communicate(timeout=60)
     assert second.returncode == 130
