@@ -329,19 +329,29 @@ def test_help_and_validate_do_not_import_mlflow_or_pandas():
 
 
 def test_runs_within_the_noise_of_the_best_are_marked():
-    """Overlapping 95 % intervals: the difference to the best run is within the noise."""
+    """Overlapping 95 % intervals: the difference to the best run is within the noise. A run
+    scored on an older test split (the first, the best number) is not ranked with the others."""
     frame = pd.DataFrame(
         {
-            "status": ["FINISHED"] * 4,
-            "dataset": ["digits"] * 3 + ["sunspots"],
-            "metric": ["test.accuracy"] * 3 + ["test.rmse"],
-            "_rank": [-0.99, -0.98, -0.90, 16.0],
-            "start_time": [1, 2, 3, 4],
-            "_ci_low": [0.975, 0.965, 0.87, 13.0],
-            "_ci_high": [0.997, 0.99, 0.93, 19.0],
+            "status": ["FINISHED"] * 5,
+            "dataset": ["digits"] * 4 + ["sunspots"],
+            "metric": ["test.accuracy"] * 4 + ["test.rmse"],
+            "test_data": ["old", "new", "new", "new", "s"],
+            "_rank": [-1.0, -0.99, -0.98, -0.90, 16.0],
+            "start_time": [0, 1, 2, 3, 4],
+            "_ci_low": [0.99, 0.975, 0.965, 0.87, 13.0],
+            "_ci_high": [1.0, 0.997, 0.99, 0.93, 19.0],
         }
     )
-    assert compare.within_noise(frame).tolist() == ["best", "within noise", "worse", "best"]
+    assert compare.within_noise(frame).tolist() == [
+        "other data",
+        "best",
+        "within noise",
+        "worse",
+        "best",
+    ]
+    best = compare.best_per(frame.assign(model="fnn"), "model")
+    assert best["test_data"].tolist() == ["old", "new", "s"]  # one row per test split
 
 
 def test_promote_compares_runs_on_the_current_test_data_only(tmp_path):

@@ -15,8 +15,10 @@ from typing import Any, NoReturn
 from deepfit.config import ConfigError, FitConfig, load_params
 
 COMPARE_HELP = """\
-One table over the MLflow runs of the workspace and of DVC experiments: key test metric beside
-its baseline, chosen params, fit verdict. Rows are ordered by run, best key metric first.
+One table over the MLflow runs of the workspace and of DVC experiments: key test metric with
+its 95 % interval beside its baseline, chosen params, fit verdict, and vs_best (best, within
+noise, worse; "other data" for runs scored on an earlier test split). Rows are ordered by run,
+best key metric first.
 Examples:
   deepfit compare --best-per model          best activation/optimizer per architecture
   deepfit compare --run fnn --sort test.accuracy --desc --columns train.epochs

@@ -44,6 +44,8 @@ _TAGS = {
 _SHOWN = ["name", "model", "dataset", "status", "metric", "value", "ci95", "vs_best", "baseline"]
 _CSV_ONLY = ["exp", "run", "run_id", "start"]
 _INFO = {"run_id": "run_id", "name": "run_name", "status": "status", "start_time": "start_time"}
+# Key metrics rank runs only within one dataset, key metric and test split (its MLflow digest).
+COMPARABLE = ["dataset", "metric", "test_data"]
 
 
 class CompareError(ValueError):
@@ -106,7 +108,7 @@ def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
         row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
         row["test_data"] = _test_digest(run)
         rows.append(row)
-    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(_INFO))
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=[*_INFO, "test_data"])
     return _with_table_columns(frame)
 
 
@@ -239,13 +241,14 @@ def _same(cell: Any, value: str) -> bool:
 def best_per(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """The best finished run per value of ``key`` by its key metric and direction.
 
-    Key metrics are comparable only on the same dataset and metric, so those split a group too
-    (``--best-per model`` gives one row for rnn on sunspots and one for rnn on adding).
+    Key metrics are comparable only on the same dataset, metric and test split, so those split
+    a group too (``--best-per model`` gives one row for rnn on sunspots and one for rnn on
+    adding, and one per version of a dataset whose test split changed).
     """
     column = resolve(frame, key, "--best-per key")
     ranked = frame[(frame["status"] == "FINISHED") & frame["_rank"].notna()]
     ranked = ranked.sort_values(["_rank", "start_time"], ascending=[True, False])
-    return ranked.drop_duplicates([column, "dataset", "metric"])
+    return ranked.drop_duplicates([column, *COMPARABLE])
 
 
 def order(frame: pd.DataFrame, sort: str | None = None, descending: bool = False) -> pd.DataFrame:
@@ -284,10 +287,17 @@ def compare_table(frame: pd.DataFrame, options: Options) -> pd.DataFrame:
 
 def within_noise(rows: pd.DataFrame) -> pd.Series:
     """Per row: ``best`` for the best finished run of its dataset and key metric, ``within
-    noise`` when its 95 % interval overlaps the best one's, else ``worse``; blank without one."""
+    noise`` when its 95 % interval overlaps the best one's, else ``worse``; blank without one.
+
+    Only runs evaluated on the test split of the newest such run are judged; the others were
+    scored on another version of the data (an edited CSV, a changed split) and are marked
+    ``other data``."""
     verdicts = pd.Series("", index=rows.index, dtype=object)
     ranked = rows[(rows["status"] == "FINISHED") & rows["_rank"].notna()]
     for _, group in ranked.groupby(["dataset", "metric"]):
+        current = group.sort_values("start_time")["test_data"].iloc[-1]
+        verdicts[group.index[group["test_data"] != current]] = "other data"
+        group = group[group["test_data"] == current]
         best = group.sort_values(["_rank", "start_time"], ascending=[True, False]).iloc[0]
         for index, row in group.iterrows():
             if index == best.name:
