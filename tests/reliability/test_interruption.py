@@ -132,3 +132,22 @@ def test_a_reused_pid_is_not_mistaken_for_the_writer(store):
     run_id = store.create_run(experiment, tags=tags).info.run_id
     assert tracking.close_orphans(experiment) == [run_id]
     assert store.get_run(run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("status", [130, 143, 2, 0])
+def test_a_stage_program_keeps_its_exit_status_and_runs_its_atexit_callbacks(tmp_path, status):
+    """Interrupted (130, 143) it leaves without Python's finalisation (which could crash on
+    TensorFlow's half-built state), but MLflow's flush and logging's, registered with atexit,
+    still run."""
+    flushed = tmp_path / "flushed"
+    code = (
+        "import atexit, sys\n"
+        "from deepfit.stages._cli import run_program\n"
+        f"atexit.register(lambda: open({str(flushed)!r}, 'w').close())\n"
+        "def main():\n"
+        f"    raise SystemExit({status})\n"
+        "run_program(main)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=stage_env(), capture_output=True)
+    assert done.returncode == status, done.stderr
+    assert flushed.exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deepfit.stages._cli import deterministic_ops, parser, stage
+from deepfit.stages._cli import deterministic_ops, parser, run_program, stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,4 +35,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_program(main)

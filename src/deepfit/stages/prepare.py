@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deepfit.stages._cli import parser, stage
+from deepfit.stages._cli import parser, run_program, stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,4 +31,4 @@ def _counts(manifest: dict) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_program(main)

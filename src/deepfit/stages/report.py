@@ -3,7 +3,7 @@ reports/figures/learning_curves.png."""
 
 from __future__ import annotations
 
-from deepfit.stages._cli import parser, stage
+from deepfit.stages._cli import parser, run_program, stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,4 +18,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_program(main)

@@ -8,7 +8,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from deepfit.config import ConfigError
-from deepfit.stages._cli import deterministic_ops, parser, stage
+from deepfit.stages._cli import deterministic_ops, parser, run_program, stage
 
 if TYPE_CHECKING:
     from deepfit.config import Params, TuningConfig
@@ -73,4 +73,4 @@ def _worker(search: TuningConfig, params: Params, url: str, threads: int) -> Non
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_program(main)
