@@ -158,6 +158,32 @@ def test_number_words(number: int, en: str, fr: str) -> None:
     assert detokenize(tokens(fr)) == fr
 
 
+@pytest.mark.parametrize(
+    ("max_number", "sizes"),
+    [(9999, (300, 50, 50)), (9999, (40, 20, 20)), (60, (30, 15, 16))],
+)
+def test_translation_splits_are_disjoint_and_train_on_the_numbers_below_100(
+    max_number: int, sizes: tuple[int, int, int]
+) -> None:
+    """Every number below 100 (as many as train_size holds) is trained on; the splits are
+    disjoint and as large as declared, and the same seed draws the same corpus."""
+    from deepfit.data.config import TranslationConfig
+    from deepfit.data.translation import build_translation
+
+    train, val, test = sizes
+    cfg = TranslationConfig(
+        source="translation", max_number=max_number, train_size=train, val_size=val, test_size=test
+    )
+    built = build_translation(cfg, seed=7, raw_dir=Path("."), where="datasets.t")
+    drawn = {split: set(built.splits[split]["number"].tolist()) for split in built.splits}
+    assert [len(drawn[s]) for s in ("train", "val", "test")] == [train, val, test]
+    assert not drawn["train"] & (drawn["val"] | drawn["test"]) and not drawn["val"] & drawn["test"]
+    below = set(range(min(100, max_number + 1)))
+    assert len(drawn["train"] & below) == min(train, len(below))
+    again = build_translation(cfg, seed=7, raw_dir=Path("."), where="datasets.t")
+    assert again.splits["test"]["number"].tolist() == built.splits["test"]["number"].tolist()
+
+
 def test_ids_to_text_stops_at_the_end_token() -> None:
     vocab = ["<pad>", "<start>", "<end>", "<unk>", "-", "dix", "sept"]
     assert ids_to_text(np.array([[5, 4, 6, 2, 5]]), vocab) == ["dix-sept"]

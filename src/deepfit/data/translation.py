@@ -5,7 +5,9 @@ It tests the mechanics of sequence-to-sequence learning, not real translation. T
 differ in word order and morphology where French numbers do ("seventy-one" is "soixante et
 onze", "eighty" is "quatre-vingts" but "eighty-one" "quatre-vingt-un", "two hundred" is
 "deux cents" but "two hundred one" "deux cent un"). Distinct numbers are drawn without
-replacement from 0..max_number with the split seed, so no test number was seen in training.
+replacement from 0..max_number with the split seed, so no test number was seen in training. The
+numbers below 100, the words and irregular forms every larger number is made of, are all in the
+training split (drawn uniformly they were 1 % of it, and the model got many of them wrong).
 Words and hyphens are the tokens, ids padded with 0 on the right (``deepfit.data.words``).
 """
 
@@ -20,6 +22,8 @@ from deepfit.data.errors import DataError
 from deepfit.data.io import SPLITS
 from deepfit.data.prepare import Built
 from deepfit.data.words import END, END_ID, PAD, PAD_ID, START, START_ID, UNKNOWN, encode, tokens
+
+LEXICON = 100  # the numbers always in the training split: 0..99
 
 _EN_SMALL = [
     "zero",
@@ -125,7 +129,14 @@ def build_translation(cfg: TranslationConfig, seed: int, raw_dir: Path, where: s
             f"{where}.max_number: {cfg.max_number} gives {cfg.max_number + 1} distinct numbers, "
             f"fewer than train_size + val_size + test_size = {total}"
         )
-    numbers = np.random.default_rng(seed).choice(cfg.max_number + 1, size=total, replace=False)
+    rng = np.random.default_rng(seed)
+    # The numbers below 100 are the words every larger number is built from: all of them are
+    # trained on (as many as train_size holds), and each split draws the rest from the others.
+    lexicon = rng.permutation(min(LEXICON, cfg.max_number + 1))[: cfg.train_size]
+    others = np.setdiff1d(np.arange(cfg.max_number + 1), lexicon)
+    rest = rng.choice(others, size=total - len(lexicon), replace=False)
+    train = rng.permutation(np.concatenate([lexicon, rest[: cfg.train_size - len(lexicon)]]))
+    numbers = np.concatenate([train, rest[cfg.train_size - len(lexicon) :]])
     bounds = np.cumsum([0, *sizes.values()])
     drawn = {s: numbers[bounds[i] : bounds[i + 1]] for i, s in enumerate(SPLITS)}
     pairs = {s: [(tokens(english(n)), tokens(french(n))) for n in drawn[s]] for s in SPLITS}
