@@ -334,6 +334,38 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path, pr
 
 
 @pytest.mark.slow
+def test_ctrl_c_fails_the_running_trial_and_queues_it_again(tmp_path, prepared_digits):
+    """`deepfit tune` runs a one-worker search in its own process: Ctrl-C in the middle of a
+    trial's training fails the trial, queues it again with the same values, ends its MLflow
+    run KILLED and exits 130."""
+    long_trials = {"fixed": {"train.epochs": 300}, "pruner": "none"}
+    root = search_dir(tmp_path / "work", prepared_digits, trials=2, **long_trials)
+    search = subprocess.Popen(
+        [tool("deepfit"), "tune", "tiny"],
+        cwd=root,
+        env=stage_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and search.poll() is None:
+        time.sleep(0.2)
+        if any(t.intermediate_values for t in study_trials(root)):  # training, epoch 1 done
+            break
+    search.send_signal(signal.SIGINT)
+    _, err = search.communicate(timeout=120)
+    assert search.returncode == 130, err[-3000:]
+    assert err.rstrip().endswith("deepfit tune@tiny: interrupted (SIGINT)")
+    trials = study_trials(root)
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    assert trials[0].user_attrs["deepfit.error"] == "interrupted"
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
+    run = mlflow_client(root).get_run(trials[0].user_attrs["deepfit.mlflow_run_id"])
+    assert run.info.status == "KILLED"
+
+
+@pytest.mark.slow
 def test_two_workers_share_one_study_and_keep_the_budget(tmp_path, prepared_digits):
     root = search_dir(tmp_path / "work", prepared_digits, trials=4)
     done = subprocess.run(

@@ -504,5 +504,13 @@ def _best_command(params_file: str, name: str) -> list[str]:
     return apply_command(search.base.name, best)
 
 
+def entry() -> NoReturn:
+    """The ``deepfit`` console script: ``main`` as a program. An interrupted ``deepfit tune``
+    runs its search in this process and exits as an interrupted stage does."""
+    from deepfit.stages._cli import run_program
+
+    run_program(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()
