@@ -294,10 +294,9 @@ def within_noise(rows: pd.DataFrame) -> pd.Series:
     ``other data``."""
     verdicts = pd.Series("", index=rows.index, dtype=object)
     ranked = rows[(rows["status"] == "FINISHED") & rows["_rank"].notna()]
-    for _, group in ranked.groupby(["dataset", "metric"]):
-        current = group.sort_values("start_time")["test_data"].iloc[-1]
-        verdicts[group.index[group["test_data"] != current]] = "other data"
-        group = group[group["test_data"] == current]
+    current = on_newest_split(ranked, ["dataset", "metric"])
+    verdicts[ranked.index[~current]] = "other data"
+    for _, group in ranked[current].groupby(["dataset", "metric"]):
         best = group.sort_values(["_rank", "start_time"], ascending=[True, False]).iloc[0]
         for index, row in group.iterrows():
             if index == best.name:
@@ -308,6 +307,17 @@ def within_noise(rows: pd.DataFrame) -> pd.Series:
                 overlap = row["_ci_low"] <= best["_ci_high"] and best["_ci_low"] <= row["_ci_high"]
                 verdicts[index] = "within noise" if overlap else "worse"
     return verdicts
+
+
+def on_newest_split(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Per row: whether it was evaluated on the test split (its MLflow digest) of the newest
+    finished, evaluated run with the same ``keys``. A metric on an older version of the data
+    (an edited CSV, a corrected corpus) is not comparable with today's."""
+    ranked = frame[(frame["status"] == "FINISHED") & frame["_rank"].notna()]
+    newest = ranked.sort_values("start_time").drop_duplicates(keys, keep="last")
+    current = set(newest[[*keys, "test_data"]].fillna("").itertuples(index=False, name=None))
+    rows = frame[[*keys, "test_data"]].fillna("").itertuples(index=False, name=None)
+    return pd.Series([row in current for row in rows], index=frame.index, dtype=bool)
 
 
 def failed_table(frame: pd.DataFrame, options: Options) -> pd.DataFrame:

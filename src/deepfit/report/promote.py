@@ -4,7 +4,8 @@ as tags of the model version.
 
 Runs are read as ``deepfit compare`` reads them (``compare.load_runs``); the best finished run
 per run name is chosen by its key test metric and direction (``evaluate.metrics.KEY_METRICS``),
-among the runs evaluated on the test split of the name's newest run (``on_current_data``).
+among the runs evaluated on the test split of the name's newest run
+(``compare.on_newest_split``).
 Imported only by the ``promote`` subcommand: it pulls in pandas and MLflow.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from deepfit.report.compare import CompareError, best_per, load_runs
+from deepfit.report.compare import CompareError, best_per, load_runs, on_newest_split
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def choose(frame: pd.DataFrame, run: str | None = None, run_id: str | None = Non
         frame = frame[frame["run"] == run]
         if frame.empty:
             raise PromoteError(f"no MLflow run of deepfit run {run!r} in the experiment")
-    frame = on_current_data(frame[frame["run"].notna()])
+    frame = frame[frame["run"].notna()]
+    frame = frame[on_newest_split(frame, ["run", "dataset"])]  # not a metric on older data
     # A run name evaluated on two datasets (a DVC experiment changed it) keeps its best row.
     rows = best_per(frame, "run").drop_duplicates("run")
     if rows.empty:
@@ -79,18 +81,6 @@ def choose(frame: pd.DataFrame, run: str | None = None, run_id: str | None = Non
             "run the pipeline first (dvc repro)"
         )
     return rows.sort_values("run")
-
-
-def on_current_data(frame: pd.DataFrame) -> pd.DataFrame:
-    """The runs evaluated on the same test split as the newest evaluated run of their name and
-    dataset. A metric on an older version of the data (an edited CSV, a corrected corpus) is
-    not comparable, and its model was trained on data the workspace no longer has."""
-    evaluated = frame[(frame["status"] == "FINISHED") & frame["_rank"].notna()]
-    keys = ["run", "dataset", "test_data"]
-    newest = evaluated.sort_values("start_time").drop_duplicates(keys[:2], keep="last")
-    current = set(newest[keys].fillna("").itertuples(index=False, name=None))
-    keep = [key in current for key in frame[keys].fillna("").itertuples(index=False, name=None)]
-    return frame[keep]
 
 
 def evidence_tags(row: pd.Series) -> dict[str, str]:
