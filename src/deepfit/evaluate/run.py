@@ -94,7 +94,7 @@ def evaluate_run(
         fit, gradients = diagnose_run(params, data, model_dir, kind)
         history = json.loads((model_dir / HISTORY_FILE).read_text())
         diagnosis.fit_figure(history, fit, params.fit, where.figures_dir / "fit.png", run.name)
-        scores = metrics_file(kind, scored, fit, summary["best_epoch"])
+        scores = metrics_file(kind, scored, fit)
         evidence = {
             "test": scored.test,
             "baselines": scored.baselines,
@@ -145,10 +145,11 @@ class Scored:
     judged: dict[str, Any]
 
 
-def metrics_file(kind: str, scored: Scored, fit: dict[str, Any], kept: int) -> dict[str, Any]:
+def metrics_file(kind: str, scored: Scored, fit: dict[str, Any]) -> dict[str, Any]:
     """What DVC compares, kept short so that `dvc exp show` stays readable: the key test
     metric, the strongest baseline's score and how the run compares with it, the fit verdict
-    and the best epoch (whose weights the model kept). The evidence file has the rest."""
+    and its best epoch (of the smoothed validation curve, as MLflow's ``fit.best_epoch``).
+    The evidence file has the rest."""
     metric = KEY_METRICS[kind][0]
     return {
         "test": {metric: scored.test[metric]},
@@ -157,7 +158,7 @@ def metrics_file(kind: str, scored: Scored, fit: dict[str, Any], kept: int) -> d
             metric: scored.baselines[scored.strongest][metric],
             "verdict": scored.judged["verdict"],
         },
-        "fit": {"verdict": fit["verdict"], "best_epoch": kept},
+        "fit": {"verdict": fit["verdict"], "best_epoch": fit["best_epoch"]},
     }
 
 

@@ -73,7 +73,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     of the paired test between them."""
     header = (
         "| run | model | dataset | metric | value [95 % interval] | strongest baseline "
-        "| model vs baseline | epochs (best) | parameters | train time |\n"
+        "| model vs baseline | epochs (kept) | parameters | train time |\n"
         "|---|---|---|---|---:|---:|---|---:|---:|---:|\n"
     )
     lines = []
@@ -175,7 +175,9 @@ def write_report(params: Params, reports: Path = Path("reports")) -> Path:
         "Each run's key test metric, with its 95 % interval, beside the strongest of the "
         "classical baselines tuned on the same split (`reports/baselines/<dataset>.json`), and a "
         "paired test on the same test items (`reports/evidence/<run>.json` has every number). "
-        "A run is called better or worse only when p < 0.05.\n\n"
+        "A run is called better or worse only when p < 0.05. Epochs: how many ran and, in "
+        "brackets, the one whose weights the model kept (the lowest validation loss, a GAN's last; "
+        "the Fit section's best epoch is that of the smoothed curve).\n\n"
         + markdown_table(rows)
         + "\n"
         + plain_words(rows)
