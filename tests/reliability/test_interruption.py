@@ -151,3 +151,30 @@ def test_a_stage_program_keeps_its_exit_status_and_runs_its_atexit_callbacks(tmp
     done = subprocess.run([sys.executable, "-c", code], env=stage_env(), capture_output=True)
     assert done.returncode == status, done.stderr
     assert flushed.exists()
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_a_library_turned_into_its_own_error_still_ends_the_stage_interrupted(
+    capsys, signum, status
+):
+    """SQLAlchemy, hit by Ctrl-C inside a transaction, raises PendingRollbackError on the next
+    query: the stage reports the interruption, not that error's traceback."""
+    from deepfit.stages._cli import stage
+
+    before = signal.getsignal(signum)
+    with pytest.raises(SystemExit) as stopped, stage("evaluate@run"):
+        with contextlib.suppress(KeyboardInterrupt):  # swallowed, as a library's clean-up may
+            signal.raise_signal(signum)
+        raise RuntimeError("This Session's transaction has been rolled back")
+    assert stopped.value.code == status
+    assert capsys.readouterr().err.splitlines() == [
+        f"deepfit evaluate@run: interrupted ({signal.Signals(signum).name})"
+    ]
+    assert signal.getsignal(signum) is before
+
+
+def test_a_failure_without_a_signal_is_not_called_an_interruption():
+    from deepfit.stages._cli import stage
+
+    with pytest.raises(RuntimeError, match="a bug"), stage("evaluate@run"):
+        raise RuntimeError("a bug")

@@ -37,6 +37,10 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
 INTERRUPTED = (130, 143)  # exit statuses of SIGINT and SIGTERM
 
 
+# The signals this stage received: once one has, any failure is reported as the interruption.
+received: list[signal.Signals] = []
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that open MLflow runs end as KILLED and temporaries go."""
 
@@ -66,31 +70,48 @@ def stage(
     # TensorFlow, Keras and MLflow leave millions of long-lived objects. Frozen at exit, they
     # skip the cyclic garbage collector's final passes: 1 to 2 s of every stage process.
     atexit.register(gc.freeze)
+    received.clear()
     previous = signal.signal(signal.SIGTERM, _terminate)
     # Also when started from a shell's background job, which would ignore SIGINT.
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous_int = signal.signal(signal.SIGINT, _interrupt)
     try:
         yield logger
     except KeyboardInterrupt as exc:
-        print(f"deepfit {name}: interrupted ({str(exc) or 'SIGINT'})", file=sys.stderr)
-        sys.exit(143 if isinstance(exc, Terminated) else 130)
-    except USER_ERRORS as exc:
+        _interrupted(name, isinstance(exc, Terminated))
+    except Exception as exc:
+        # A library may turn the signal into an error of its own (SQLAlchemy's
+        # PendingRollbackError when Ctrl-C lands in a transaction): still an interruption.
+        if received:
+            _interrupted(name, received[-1] == signal.SIGTERM)
+        _failed(name, exc, runs, dataset, params)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def _interrupted(name: str, terminated: bool) -> NoReturn:
+    print(f"deepfit {name}: interrupted ({'SIGTERM' if terminated else 'SIGINT'})", file=sys.stderr)
+    sys.exit(143 if terminated else 130)
+
+
+def _failed(
+    name: str, exc: Exception, runs: list[str] | None, dataset: str | None, params: str
+) -> NoReturn:
+    """A user error in one line (exit 2), an environment error in one line (exit 1), anything
+    else raised on with its traceback; recorded in MLflow first (see ``_record``)."""
+    if isinstance(exc, USER_ERRORS):
         message = one_line(exc)
         _record(name, message, runs, dataset, params)
         print(f"deepfit {name}: error: {message}", file=sys.stderr)
         sys.exit(2)
-    except OSError as exc:
+    if isinstance(exc, OSError):
         _record(name, one_line(exc), runs, dataset, params)
-        if exc.errno not in ENVIRONMENT_ERRNOS:
-            raise
-        print(f"deepfit {name}: error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as exc:
-        _record(name, f"{type(exc).__name__}: {one_line(exc)}", runs, dataset, params)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
+        if exc.errno in ENVIRONMENT_ERRNOS:
+            print(f"deepfit {name}: error: {one_line(exc)}", file=sys.stderr)
+            sys.exit(1)
+        raise exc
+    _record(name, f"{type(exc).__name__}: {one_line(exc)}", runs, dataset, params)
+    raise exc
 
 
 def run_program(main: Callable[[], int]) -> NoReturn:
@@ -133,8 +154,14 @@ def deterministic_ops() -> None:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    received.append(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     raise Terminated("SIGTERM")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    received.append(signal.SIGINT)
+    raise KeyboardInterrupt
 
 
 def _record(
