@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,66 @@ def test_a_failure_without_a_signal_is_not_called_an_interruption():
 
     with pytest.raises(RuntimeError, match="a bug"), stage("evaluate@run"):
         raise RuntimeError("a bug")
+
+
+def _database_call(seconds: float) -> Callable[[], str]:
+    """A function that runs as a database driver's code (its module named like SQLAlchemy's),
+    receives a SIGINT, and works on for ``seconds``."""
+    namespace = {"__name__": "sqlalchemy.engine.stand_in", "signal": signal, "time": time}
+    exec(
+        "def write():\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        f"    time.sleep({seconds})\n"
+        "    return 'committed'\n",
+        namespace,
+    )
+    return namespace["write"]
+
+
+def test_a_signal_inside_a_database_call_interrupts_once_the_call_returns(capsys):
+    """An exception in the middle of a write could leave its transaction open and sqlite's
+    write lock held (other workers' writes then fail after 20 s): the signal waits."""
+    from deepfit.stages._cli import stage
+
+    done = []
+    with pytest.raises(SystemExit) as stopped, stage("tune@search"):
+        done.append(_database_call(0.3)())
+        time.sleep(2)  # the signal, sent again every 50 ms, arrives here
+        done.append("after")
+    assert done == ["committed"]
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.splitlines() == ["deepfit tune@search: interrupted (SIGINT)"]
+
+
+def test_a_database_call_that_does_not_return_is_interrupted_after_the_limit(monkeypatch):
+    from deepfit.stages import _cli
+
+    monkeypatch.setattr(_cli, "MAX_DEFER_SECONDS", 0.2)
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as stopped, _cli.stage("tune@search"):
+        _database_call(5)()
+    assert stopped.value.code == 130 and time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_that_lands_in_a_finalizer_is_sent_again(capsys, signum, status):
+    """Python cannot raise the handler's exception inside a finalizer or a weakref callback
+    (it prints "Exception ignored in ..." and goes on): the stage must still stop."""
+    from deepfit.stages._cli import stage
+
+    class Finalized:
+        def __del__(self) -> None:
+            signal.raise_signal(signum)
+
+    done = []
+    with pytest.raises(SystemExit) as stopped, stage("tune@search"):
+        Finalized()  # collected at once: the signal lands in its __del__
+        done.append("finalized")
+        time.sleep(2)  # sent again 50 ms later, it interrupts here
+        done.append("after")
+    assert done == ["finalized"]
+    assert stopped.value.code == status
+    err = capsys.readouterr().err
+    assert (
+        err.splitlines()[-1] == f"deepfit tune@search: interrupted ({signal.Signals(signum).name})"
+    )

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from deepfit.config import ConfigError
 from deepfit.data import DataError
@@ -35,7 +35,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 # The machine's fault, not the code's (disk full, read-only, no permission): one line, exit 1.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 INTERRUPTED = (130, 143)  # exit statuses of SIGINT and SIGTERM
-
 
 # The signals this stage received: once one has, any failure is reported as the interruption.
 received: list[signal.Signals] = []
@@ -71,13 +70,15 @@ def stage(
     # skip the cyclic garbage collector's final passes: 1 to 2 s of every stage process.
     atexit.register(gc.freeze)
     received.clear()
+    _deferred_since.clear()
     previous = signal.signal(signal.SIGTERM, _terminate)
     # Also when started from a shell's background job, which would ignore SIGINT.
     previous_int = signal.signal(signal.SIGINT, _interrupt)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     try:
         yield logger
     except KeyboardInterrupt as exc:
-        _interrupted(name, isinstance(exc, Terminated))
+        _interrupted(name, isinstance(exc, Terminated) or received[-1:] == [signal.SIGTERM])
     except Exception as exc:
         # A library may turn the signal into an error of its own (SQLAlchemy's
         # PendingRollbackError when Ctrl-C lands in a transaction): still an interruption.
@@ -87,6 +88,8 @@ def stage(
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
+        sys.unraisablehook = previous_hook
+        received.clear()
 
 
 def _interrupted(name: str, terminated: bool) -> NoReturn:
@@ -154,14 +157,83 @@ def deterministic_ops() -> None:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    if _deferred(signum, frame):
+        return
     received.append(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     raise Terminated("SIGTERM")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    if _deferred(signum, frame):
+        return
     received.append(signal.SIGINT)
     raise KeyboardInterrupt
+
+
+# Code a signal's exception must not cut in two: a database call (MLflow's and Optuna's stores).
+DATABASE_MODULES = (
+    "sqlalchemy.",
+    "sqlite3",
+    "psycopg",
+    "alembic.",
+    "mlflow.store.",
+    "optuna.storages.",
+)
+RETRY_SECONDS = 0.05
+MAX_DEFER_SECONDS = 5.0
+_deferred_since: dict[int, float] = {}
+
+
+def _deferred(signum: int, frame: FrameType | None) -> bool:
+    """Put off a signal that lands inside a database call: it is sent again every RETRY_SECONDS
+    until it lands outside one (at most MAX_DEFER_SECONDS, then it interrupts anyway).
+
+    An exception raised in the middle of a write can leave its transaction open, and a sqlite
+    transaction holds the database's write lock: every other write, of this process or of the
+    search's other workers, then waits for it and fails after 20 s ("database is locked"); on
+    PostgreSQL the session is left to roll back (PendingRollbackError). Seen with Ctrl-C during
+    `deepfit tune --workers 2`, and once in a train stage.
+    """
+    import time
+
+    now = time.monotonic()
+    since = _deferred_since.setdefault(signum, now)
+    if now - since >= MAX_DEFER_SECONDS or not _inside_database(frame):
+        _deferred_since.pop(signum, None)
+        return False
+    _send_again(signum)
+    return True
+
+
+def _unraisable(unraisable: Any) -> None:
+    """A signal's exception raised inside a finalizer or a weakref callback, where Python cannot
+    raise it and only prints "Exception ignored in ...": the signal is sent again, to interrupt
+    the stage's own code. (Seen: Ctrl-C in a search worker landed in SQLAlchemy's weakref
+    callback, and the worker ran on through its trials.)"""
+    if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and received):
+        sys.__unraisablehook__(unraisable)
+        return
+    signum = received.pop()
+    if signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, _terminate)  # it ends the process at once after one
+    _send_again(signum)
+
+
+def _send_again(signum: int) -> None:
+    import threading
+
+    retry = threading.Timer(RETRY_SECONDS, os.kill, (os.getpid(), signum))
+    retry.daemon = True
+    retry.start()
+
+
+def _inside_database(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(DATABASE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _record(
