@@ -366,6 +366,39 @@ def test_ctrl_c_fails_the_running_trial_and_queues_it_again(tmp_path, prepared_d
 
 
 @pytest.mark.slow
+def test_ctrl_c_with_two_workers_stops_both_and_queues_their_trials(tmp_path, prepared_digits):
+    """`deepfit tune --workers 2` works in its own process beside one more: Ctrl-C (to it alone,
+    the other runs in a session of its own) fails its trial and passes one SIGINT on, and the
+    other worker fails its trial too. Each interrupted trial is queued again; none is lost."""
+    long_trials = {"fixed": {"train.epochs": 3000}, "pruner": "none"}  # a minute or more
+    root = search_dir(tmp_path / "work", prepared_digits, trials=2, **long_trials)
+    search = subprocess.Popen(
+        [tool("deepfit"), "tune", "tiny", "--workers", "2"],
+        cwd=root,
+        env=stage_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and search.poll() is None:
+        time.sleep(0.2)
+        if sum(1 for t in study_trials(root) if t.intermediate_values) == 2:  # both training
+            break
+    search.send_signal(signal.SIGINT)
+    _, err = search.communicate(timeout=120)
+    assert search.returncode == 130, err[-3000:]
+    assert err.rstrip().endswith("deepfit tune@tiny: interrupted (SIGINT)")
+    trials = study_trials(root)
+    assert len({t.user_attrs["deepfit.pid"] for t in trials[:2]}) == 2
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    queued = [t for t in trials if t.state.name == "WAITING"]
+    assert len(failed) == 2 and all(t.user_attrs["deepfit.error"] == "interrupted" for t in failed)
+    assert sorted(t.system_attrs["failed_trial"] for t in queued) == [t.number for t in failed]
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+
+
+@pytest.mark.slow
 def test_two_workers_share_one_study_and_keep_the_budget(tmp_path, prepared_digits):
     root = search_dir(tmp_path / "work", prepared_digits, trials=4)
     done = subprocess.run(

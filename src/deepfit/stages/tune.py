@@ -40,10 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
         from deepfit.tune.run import SearchOptions, TuningOutputs, run_search
 
-        if args.workers == 1:
-            deterministic_ops()
         options = SearchOptions(url, args.workers, args.join, args.params)
-        summary = run_search(search, params, options, TuningOutputs.for_search(search.name))
+        outputs = TuningOutputs.for_search(search.name)
+        summary = run_search(search, params, options, outputs, setup=_tensorflow)
         if summary and summary["best"]:
             best = summary["best"]
             log.info(
@@ -59,17 +58,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _worker(search: TuningConfig, params: Params, url: str, threads: int) -> None:
     """One worker process of ``deepfit tune --workers N``: trials until the budget is used."""
-    import tensorflow as tf
-
     from deepfit.tune import storage
     from deepfit.tune.worker import work
 
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    deterministic_ops()
+    _tensorflow(threads)
     study = storage.load(search, storage.open_storage(url))
     work(search, params, study, None, wait_parent=True)
+
+
+def _tensorflow(threads: int) -> None:
+    """Op determinism, and ``threads`` TensorFlow threads when given (0: its default)."""
+    deterministic_ops()
+    if threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """tune@<search>: run a search and write its report.
 
 ``run_search`` prepares the study (create, resume or reset), opens the MLflow parent run
-``tune:<search>``, runs the trials in this process or in N worker processes, and writes
+``tune:<search>``, runs the trials in this process and N - 1 more worker processes, and writes
 ``reports/tuning/<search>.json`` and ``.md`` and the figures under
 ``reports/figures/tuning/<search>/``.
 """
@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,29 +59,35 @@ class TuningOutputs:
 
 
 def run_search(
-    search: TuningConfig, params: Params, options: SearchOptions, out: TuningOutputs
+    search: TuningConfig,
+    params: Params,
+    options: SearchOptions,
+    out: TuningOutputs,
+    setup: Callable[[int], None],
 ) -> dict[str, Any] | None:
-    """Run the search to its budget and write its report; None for a joining worker."""
+    """Run the search to its budget and write its report; None for a joining worker.
+
+    This process is one of the ``options.workers`` workers; the others are processes started
+    once the study is ready. ``setup(threads)`` prepares this process's TensorFlow before its
+    first trial (0 threads: TensorFlow's default)."""
     storage = stores.open_storage(options.storage)
     stamp = stores.fingerprint(search, params)
     study, resumed = stores.prepare_study(search, storage, stamp, options.join)
-    if options.join:
-        _run_workers(search, params, study, options, study.user_attrs.get(stores.PARENT_RUN))
-        return None
-    if resumed:
+    if resumed and not options.join:
         log.info(
             "%s: resuming the study (%d of %d trials done)",
             search.name,
             stores.budget_used(study),
             search.trials,
         )
-    # Workers start (and import TensorFlow) while this process opens the parent run.
-    workers = _start_workers(search, options) if options.workers > 1 else []
+    # The other workers start (and import TensorFlow) while this process opens the parent run.
+    helpers = _start_helpers(search, options)
+    setup(worker_threads(options.workers))
+    if options.join:
+        _work_beside(helpers, search, params, study, study.user_attrs.get(stores.PARENT_RUN))
+        return None
     with _parent_run(search, params, study) as parent_id:
-        if workers:
-            _wait(workers)
-        else:
-            work(search, params, study, parent_id)
+        _work_beside(helpers, search, params, study, parent_id)
         summary = summarise(study, search)
         write_outputs(study, search, summary, out)
         _log_artifacts(out, summary)
@@ -89,24 +95,52 @@ def run_search(
     return summary
 
 
-def _run_workers(
+def worker_threads(workers: int) -> int:
+    """TensorFlow threads of each of ``workers`` processes on this machine: its cores shared
+    out (0, TensorFlow's own choice, for a single worker)."""
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+
+
+def _start_helpers(search: TuningConfig, options: SearchOptions) -> list[Any]:
+    """The worker processes beside this one: ``options.workers - 1`` of them."""
+    if options.workers == 1:
+        return []
+    threads = worker_threads(options.workers)
+    command = worker_command(options.params_file, search.name, options.storage, threads)
+    log.info(
+        "%s: %d workers (this process and %d more), %d TensorFlow thread(s) each",
+        search.name,
+        options.workers,
+        options.workers - 1,
+        threads,
+    )
+    return spawn([command] * (options.workers - 1))
+
+
+def _work_beside(
+    helpers: list[Any],
     search: TuningConfig,
     params: Params,
     study: optuna.Study,
-    options: SearchOptions,
     parent_id: str | None,
 ) -> None:
-    if options.workers == 1:
+    """This process's trials, then wait for the other workers. When this process stops early
+    (Ctrl-C, an error), each of them gets one SIGINT: it fails its trial, queues it again and
+    ends."""
+    try:
         work(search, params, study, parent_id)
-    else:
-        _wait(_start_workers(search, options))
+    except BaseException:
+        _interrupt(helpers)
+        raise
+    _wait(helpers)
 
 
-def _start_workers(search: TuningConfig, options: SearchOptions) -> list[Any]:
-    threads = max(1, (os.cpu_count() or 1) // options.workers)
-    command = worker_command(options.params_file, search.name, options.storage, threads)
-    log.info("%s: %d worker processes, %d thread(s) each", search.name, options.workers, threads)
-    return spawn([command] * options.workers)
+def _interrupt(workers: list[Any]) -> None:
+    for w in workers:
+        with contextlib.suppress(ProcessLookupError):
+            w.send_signal(signal.SIGINT)
+    for w in workers:
+        w.wait()
 
 
 def _wait(workers: list[Any]) -> None:
@@ -115,11 +149,7 @@ def _wait(workers: list[Any]) -> None:
     try:
         codes = [w.wait() for w in workers]
     except KeyboardInterrupt:
-        for w in workers:
-            with contextlib.suppress(ProcessLookupError):
-                w.send_signal(signal.SIGINT)
-        for w in workers:
-            w.wait()
+        _interrupt(workers)
         raise
     if any(codes):
         raise TuneError(
