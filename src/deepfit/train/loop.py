@@ -159,9 +159,10 @@ def untuned(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """``dataset`` with tf.data's autotuner off, for batches sliced from arrays in memory.
 
     There is nothing to tune in them (no reading, no parallel map), and the autotuner's
-    background work takes CPU time from the training steps: two search workers on 2 cores each
-    fitted about 20 % slower with it, one alone about 6 % (README, "Hyperparameter search").
-    Streamed batches (below) keep it: it sizes their parallel reads.
+    background work takes CPU time from the training steps: with it, two search workers on
+    2 cores fitted each trial about 20 % slower, and a whole one-worker search took about 8 %
+    longer (README, "Hyperparameter search"). Streamed batches (below) keep it: it sizes their
+    parallel reads.
     """
     import tensorflow as tf
 
