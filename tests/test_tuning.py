@@ -175,6 +175,28 @@ def study_trials(root: Path, name: str = "tiny") -> list:
     return study.get_trials(deepcopy=False)
 
 
+def interrupt_search(root: Path, *options: str, training: int) -> None:
+    """`deepfit tune tiny` with ``options``: Ctrl-C once ``training`` trials have an epoch done;
+    it must end as interrupted (exit 130, its one line last)."""
+    search = subprocess.Popen(
+        [tool("deepfit"), "tune", "tiny", *options],
+        cwd=root,
+        env=stage_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and search.poll() is None:
+        time.sleep(0.2)
+        if sum(1 for t in study_trials(root) if t.intermediate_values) == training:
+            break
+    search.send_signal(signal.SIGINT)
+    _, err = search.communicate(timeout=120)
+    assert search.returncode == 130, err[-3000:]
+    assert err.rstrip().endswith("deepfit tune@tiny: interrupted (SIGINT)")
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory, prepared_digits: Path) -> Path:
     """One real three-trial search through the stage."""
@@ -340,23 +362,7 @@ def test_ctrl_c_fails_the_running_trial_and_queues_it_again(tmp_path, prepared_d
     run KILLED and exits 130."""
     long_trials = {"fixed": {"train.epochs": 300}, "pruner": "none"}
     root = search_dir(tmp_path / "work", prepared_digits, trials=2, **long_trials)
-    search = subprocess.Popen(
-        [tool("deepfit"), "tune", "tiny"],
-        cwd=root,
-        env=stage_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and search.poll() is None:
-        time.sleep(0.2)
-        if any(t.intermediate_values for t in study_trials(root)):  # training, epoch 1 done
-            break
-    search.send_signal(signal.SIGINT)
-    _, err = search.communicate(timeout=120)
-    assert search.returncode == 130, err[-3000:]
-    assert err.rstrip().endswith("deepfit tune@tiny: interrupted (SIGINT)")
+    interrupt_search(root, training=1)
     trials = study_trials(root)
     assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
     assert trials[0].user_attrs["deepfit.error"] == "interrupted"
@@ -372,23 +378,7 @@ def test_ctrl_c_with_two_workers_stops_both_and_queues_their_trials(tmp_path, pr
     other worker fails its trial too. Each interrupted trial is queued again; none is lost."""
     long_trials = {"fixed": {"train.epochs": 3000}, "pruner": "none"}  # a minute or more
     root = search_dir(tmp_path / "work", prepared_digits, trials=2, **long_trials)
-    search = subprocess.Popen(
-        [tool("deepfit"), "tune", "tiny", "--workers", "2"],
-        cwd=root,
-        env=stage_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and search.poll() is None:
-        time.sleep(0.2)
-        if sum(1 for t in study_trials(root) if t.intermediate_values) == 2:  # both training
-            break
-    search.send_signal(signal.SIGINT)
-    _, err = search.communicate(timeout=120)
-    assert search.returncode == 130, err[-3000:]
-    assert err.rstrip().endswith("deepfit tune@tiny: interrupted (SIGINT)")
+    interrupt_search(root, "--workers", "2", training=2)
     trials = study_trials(root)
     assert len({t.user_attrs["deepfit.pid"] for t in trials[:2]}) == 2
     failed = [t for t in trials if t.state.name == "FAIL"]
