@@ -203,6 +203,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory, prepared_digits: Path) ->
     root = search_dir(tmp_path_factory.mktemp("tune") / "work", prepared_digits)
     done = run_stage(root, "tune", "--search", "tiny")
     assert done.returncode == 0, done.stderr[-3000:]
+    (root / "tune.log").write_text(done.stderr)
     return root
 
 
@@ -210,6 +211,14 @@ def searched(tmp_path_factory: pytest.TempPathFactory, prepared_digits: Path) ->
 def test_search_writes_report_figures_and_mlflow_children(searched):
     report = json.loads((searched / "reports/tuning/tiny.json").read_text())
     assert [t["number"] for t in report["trials"]] == [0, 1, 2]
+    log = (searched / "tune.log").read_text()
+    for trial in report["trials"]:  # a pruned epoch has no progress line: the trial's line says it
+        ended = (
+            f"pruned at epoch {trial['epochs']}"
+            if trial["state"] == "pruned"
+            else f"{trial['state']}, {trial['epochs']} epochs"
+        )
+        assert f"trial {trial['number']}: {ended}, val_loss " in log
     assert sum(report["counts"].values()) == 3 and report["best"]["value"] > 0
     for trial in report["trials"]:
         assert trial["state"] in ("complete", "pruned") and trial["duration"] > 0

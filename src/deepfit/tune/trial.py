@@ -135,17 +135,21 @@ def _finish(
     fit = diagnosis.diagnose(history, ctx.params.fit, ctx.reference, metric=metric)
     value = trial_value(history, ctx.search.metric) if state == "complete" else None
     fit_metrics, fit_tags = diagnosis.mlflow_payload(fit, {})
-    extra = {"n_params": size, "epochs_run": len(history.get("loss", []))}
+    epochs = len(history.get("loss", []))
+    extra = {"n_params": size, "epochs_run": epochs}
     if value is not None:
         extra["tune.value"] = value
     mlflow.log_metrics({**fit_metrics, **extra})
     mlflow.set_tags({**fit_tags, STATE_TAG: state})
     trial.set_user_attr("deepfit.history", history)
     trial.set_user_attr("deepfit.verdict", fit["verdict"])
+    # The pruned epoch has no progress line (the pruning callback stops the fit before it is
+    # printed), so the line names it.
+    ended = f"pruned at epoch {epochs}" if state == "pruned" else f"{state}, {epochs} epochs"
     log.info(
         "trial %d: %s, %s %s, fit %s",
         trial.number,
-        state,
+        ended,
         ctx.search.metric,
         _brief(value if value is not None else _last(history, ctx.search.metric)),
         fit["verdict"],
