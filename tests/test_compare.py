@@ -29,6 +29,17 @@ RUNS = [
     ("rnn@exp-b", "rnn", "sunspots", 17.0, "relu", "adam", 1e-2),
     ("rnn_adding", "rnn", "adding", 0.15, "tanh", "adam", 1e-2),
 ]
+# Logged out of order: the table puts each study's parent first, then its runs by name.
+STUDY_RUNS = [
+    ("capacity/width_4", "width_4", "capacity"),
+    ("fnn/trial-001", "tune:fnn/1", "tune:fnn"),
+    ("study:capacity", "capacity", "capacity"),
+    ("capacity/width_16", "width_16", "capacity"),
+    ("capacity/width_128", "width_128", "capacity"),
+    ("tune:fnn", "tune:fnn", "tune:fnn"),
+    ("fnn/trial-000", "tune:fnn/0", "tune:fnn"),
+]
+STORED = len(RUNS) + 2 + len(STUDY_RUNS)  # with a failed and a killed run
 KINDS = {"digits": "classification", "sunspots": "forecast", "adding": "regression"}
 BASELINES = {"digits": 0.97, "sunspots": 18.0, "adding": 0.16}
 ERROR = "FloatingPointError: training diverged: non-finite loss; lower the learning rate"
@@ -86,9 +97,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     client.set_tag(run_id, "deepfit.error", ERROR)
     killed = ("cnn@exp-d", "cnn", "digits", None, "relu", "adam", 1e-3)
     _log_run(client, experiment_id, killed, start + 9500, "KILLED", epochs=1)
-    variant = ("capacity/width_4", "fnn", "digits", 0.99, "tanh", "adam", 1e-2)
-    run_id = _log_run(client, experiment_id, variant, start + 9800)
-    client.set_tag(run_id, "deepfit.study", "capacity")  # a study's variant: hidden by default
+    # A study's runs (hidden by default) and a search's: (name, deepfit.run, deepfit.study).
+    for offset, (name, run, study) in enumerate(STUDY_RUNS):
+        spec = (name, "fnn", "digits", 0.99, "tanh", "adam", 0.0017296005618143992)
+        run_id = _log_run(client, experiment_id, spec, start + 9600 + 10 * offset)
+        client.set_tag(run_id, "deepfit.run", run)
+        client.set_tag(run_id, "deepfit.study", study)
     other = client.create_experiment("other")
     _log_run(client, other, RUNS[0], start)
     return uri
@@ -190,7 +204,39 @@ def test_study_runs_only_on_request(frame):
     assert "capacity/width_4" not in names(table(frame))
     assert "capacity/width_4" not in names(table(frame, best_per="model"))
     with_studies = table(frame, studies=True, where=["deepfit.study=capacity"])
-    assert names(with_studies) == ["capacity/width_4"]
+    assert names(with_studies) == [
+        "study:capacity",
+        "capacity/width_4",
+        "capacity/width_16",
+        "capacity/width_128",
+    ]
+
+
+def test_study_runs_stay_together_under_their_study(frame):
+    rows = names(table(frame, studies=True, models=["fnn"], exps=["workspace"]))
+    assert rows == [
+        "study:capacity",
+        "capacity/width_4",  # numbers in names by value
+        "capacity/width_16",
+        "capacity/width_128",
+        "fnn",
+        "tune:fnn",
+        "fnn/trial-000",
+        "fnn/trial-001",
+    ]
+
+
+def test_fractions_in_params_show_four_digits_and_csv_keeps_them(frame, tmp_path):
+    rows = table(
+        frame, studies=True, runs=["tune:fnn/0", "fnn"], exps=["workspace"], columns=["arch.units"]
+    )
+    text = compare.text_table(rows)
+    assert "0.00173 " in text and "0.0017296" not in text
+    assert "16,8" in text  # not a number: as logged
+    assert " 0.001 " in text  # fnn's 1e-3, logged as 0.001
+    assert "| 0.00173 |" in compare.markdown_table(rows)
+    parsed = list(csv.DictReader(compare.write_table(rows, tmp_path / "t.csv", "csv").open()))
+    assert {r["lr"] for r in parsed} == {"0.0017296005618143992", "0.001"}
 
 
 def test_failed_lists_failed_and_killed_runs_with_their_error(frame):
@@ -247,7 +293,7 @@ def test_cli_prints_table_and_writes_files(store, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert out.splitlines()[2].startswith("cnn@exp-a ")
-    assert "4 of 10 runs, experiment 'deepfit'" in out
+    assert f"4 of {STORED} runs, experiment 'deepfit'" in out
     assert "2 failed or killed: deepfit compare --failed" in out
     assert md.exists() and csv_path.exists() and png.exists()
 
@@ -261,7 +307,7 @@ def test_cli_failed_listing(store, capsys):
 
 def test_cli_no_match_exits_1(store, capsys):
     assert run_cli("--tracking-uri", store, "--run", "lstm") == 1
-    assert "no run matches (10 runs in experiment 'deepfit')" in capsys.readouterr().out
+    assert f"no run matches ({STORED} runs in experiment 'deepfit')" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

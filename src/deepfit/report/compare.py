@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import os
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -252,10 +253,22 @@ def best_per(frame: pd.DataFrame, key: str) -> pd.DataFrame:
 
 
 def order(frame: pd.DataFrame, sort: str | None = None, descending: bool = False) -> pd.DataFrame:
-    """By ``sort`` (missing values last), else by run, best key metric first, newest first."""
+    """By ``sort`` (missing values last), else by run, best key metric first, newest first.
+
+    A study's or search's runs (``--studies``) stay together under its name: its parent runs
+    first, then its variants or trials by name, numbers in names by value (width_8 before
+    width_32)."""
     if sort is None:
-        return frame.sort_values(
-            ["run", "_rank", "start_time"], ascending=[True, True, False], na_position="last"
+        study = frame.get("tags.deepfit.study", pd.Series(None, index=frame.index, dtype=object))
+        member = study.notna() & (frame["run"] != study)  # a variant or trial, not the parent
+        return frame.assign(
+            _group=study.where(study.notna(), frame["run"]),
+            _member=member,
+            _name=frame["name"].where(member, "").map(_numbers_padded),
+        ).sort_values(
+            ["_group", "_member", "_name", "_rank", "start_time"],
+            ascending=[True, True, True, True, False],
+            na_position="last",
         )
     column = resolve(frame, sort, "sort metric")
     values = frame[column]
@@ -265,6 +278,10 @@ def order(frame: pd.DataFrame, sort: str | None = None, descending: bool = False
     return frame.assign(_sort=values).sort_values(
         "_sort", ascending=not descending, na_position="last", kind="stable"
     )
+
+
+def _numbers_padded(name: str) -> str:
+    return re.sub(r"\d+", lambda digits: digits.group().zfill(12), name)
 
 
 def compare_table(frame: pd.DataFrame, options: Options) -> pd.DataFrame:
@@ -282,6 +299,11 @@ def compare_table(frame: pd.DataFrame, options: Options) -> pd.DataFrame:
     columns |= {c: c for c in hidden}
     table = rows[list(columns.values())].copy()
     table.columns = list(columns)
+    table.attrs["params"] = [
+        header
+        for header, source in columns.items()
+        if source.startswith("params.") or source in DEFAULT_PARAMS.values()
+    ]
     return _hide(table.reset_index(drop=True), hidden)
 
 
@@ -349,10 +371,7 @@ def text_table(table: pd.DataFrame, max_cell: int = 60) -> str:
     table = _shown(table)
     headers = list(table.columns)
     numeric = [_is_numeric(table[c]) for c in headers]
-    cells = [
-        [_cell(v)[:max_cell] for v in row[:-1]] + [_cell(row[-1])]
-        for row in table.itertuples(index=False)
-    ]
+    cells = [[cell[:max_cell] for cell in row[:-1]] + [row[-1]] for row in _cells(table)]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
@@ -372,8 +391,8 @@ def markdown_table(table: pd.DataFrame) -> str:
     headers = list(table.columns)
     align = ["---:" if _is_numeric(table[c]) else "---" for c in headers]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |")
+    for row in _cells(table):
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -436,7 +455,34 @@ def _save_png(fig: Any, path: Path) -> Path:
 
 def _shown(table: pd.DataFrame) -> pd.DataFrame:
     hidden = table.attrs.get("csv_only", [])
-    return table[[c for c in table.columns if c not in hidden]]
+    shown = table[[c for c in table.columns if c not in hidden]]
+    shown.attrs = {"params": table.attrs.get("params", [])}
+    return shown
+
+
+def _cells(table: pd.DataFrame) -> list[list[str]]:
+    """Every row as the cells the terminal and markdown show. A param is text in MLflow; a
+    fraction in it gets 4 significant digits like the metrics (a sampled learning rate
+    0.0017296005618143992 shows as 0.00173); the CSV keeps it whole."""
+    params = [c in table.attrs.get("params", []) for c in table.columns]
+    return [
+        [_number_text(v) if param else _cell(v) for v, param in zip(row, params, strict=True)]
+        for row in table.itertuples(index=False)
+    ]
+
+
+def _number_text(value: Any) -> str:
+    text = _cell(value)
+    try:
+        int(text)
+        return text  # a whole number stays whole (batch_size 20000, not 2e+04)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return f"{number:.4g}" if math.isfinite(number) else text
 
 
 def _cell(value: Any) -> str:
