@@ -32,6 +32,8 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: setup  ## set up, then run the whole pipeline (cached stages are skipped)
 	dvc repro
+	@echo "Results: reports/summary.md. Then: make ui (MLflow runs and curves), make plots,"
+	@echo "make metrics, and .venv/bin/deepfit compare (every run beside the best)."
 
 test: setup  ## set up, then run the whole test suite (slow end-to-end tests included)
 	python -m pytest
