@@ -455,9 +455,7 @@ def _save_png(fig: Any, path: Path) -> Path:
 
 def _shown(table: pd.DataFrame) -> pd.DataFrame:
     hidden = table.attrs.get("csv_only", [])
-    shown = table[[c for c in table.columns if c not in hidden]]
-    shown.attrs = {"params": table.attrs.get("params", [])}
-    return shown
+    return table[[c for c in table.columns if c not in hidden]]  # attrs go along
 
 
 def _cells(table: pd.DataFrame) -> list[list[str]]:
